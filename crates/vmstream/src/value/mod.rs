@@ -1,0 +1,272 @@
+//! The typed, self-describing value model for device state.
+//!
+//! A [`Value`] keeps exact integer widths and signedness, so a device field written
+//! as `u16` reads back as `u16` in any tool, without the device's code. It is the
+//! meeting point of three encodings: the binary one in records
+//! ([`encode`](crate::value::encode)/[`decode`](crate::value::decode)), the tagged
+//! JSON form ([`Value::to_json`], [`Value::from_json`]), and serde
+//! ([`to_value`](crate::to_value), [`from_value`](crate::from_value)).
+
+mod codec;
+mod json;
+
+pub use codec::{decode, encode, NameTable};
+pub use json::{hex, unhex};
+
+/// Decodes one value that fills the rest of the cursor.
+pub(crate) fn codec_decode_rest(
+    c: &mut crate::cursor::Cursor<'_>,
+    names: &NameTable,
+    limits: &crate::Limits,
+) -> crate::Result<Value> {
+    let v = codec::decode_from(c, names, limits)?;
+    c.finish("value")?;
+    Ok(v)
+}
+
+use std::fmt;
+
+/// One typed value.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Value {
+    /// `true` or `false`.
+    Bool(bool),
+    /// Unsigned 8-bit integer.
+    U8(u8),
+    /// Unsigned 16-bit integer.
+    U16(u16),
+    /// Unsigned 32-bit integer.
+    U32(u32),
+    /// Unsigned 64-bit integer.
+    U64(u64),
+    /// Signed 8-bit integer.
+    I8(i8),
+    /// Signed 16-bit integer.
+    I16(i16),
+    /// Signed 32-bit integer.
+    I32(i32),
+    /// Signed 64-bit integer.
+    I64(i64),
+    /// IEEE 754 single precision, kept bit-exact.
+    F32(f32),
+    /// IEEE 754 double precision, kept bit-exact.
+    F64(f64),
+    /// A byte string.
+    Bytes(Vec<u8>),
+    /// A UTF-8 string.
+    String(String),
+    /// A sequence of values (not necessarily of one type).
+    Seq(Vec<Value>),
+    /// A struct: named fields in order. Names are unique within one struct.
+    Struct(Vec<(String, Value)>),
+    /// An optional value.
+    Option(Option<Box<Value>>),
+    /// An enum variant by name, with its payload ([`Value::Unit`] for a unit variant).
+    Enum(String, Box<Value>),
+    /// The unit value `()`.
+    Unit,
+    /// A map with keys in order.
+    Map(Vec<(Value, Value)>),
+}
+
+impl Value {
+    /// The type name used in text and JSON output: `u32`, `struct`, ...
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Bool(_) => "bool",
+            Value::U8(_) => "u8",
+            Value::U16(_) => "u16",
+            Value::U32(_) => "u32",
+            Value::U64(_) => "u64",
+            Value::I8(_) => "i8",
+            Value::I16(_) => "i16",
+            Value::I32(_) => "i32",
+            Value::I64(_) => "i64",
+            Value::F32(_) => "f32",
+            Value::F64(_) => "f64",
+            Value::Bytes(_) => "bytes",
+            Value::String(_) => "string",
+            Value::Seq(_) => "seq",
+            Value::Struct(_) => "struct",
+            Value::Option(_) => "option",
+            Value::Enum(..) => "enum",
+            Value::Unit => "unit",
+            Value::Map(_) => "map",
+        }
+    }
+
+    /// The field `name` of a struct value.
+    pub fn field(&self, name: &str) -> Option<&Value> {
+        match self {
+            Value::Struct(fields) => fields.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Follows a dotted path with `[i]` indexes, e.g. `regs.rax` or `queues[1].head`.
+    pub fn at_path(&self, path: &str) -> Option<&Value> {
+        let mut cur = self;
+        for seg in path.split('.').filter(|s| !s.is_empty()) {
+            let (name, rest) = match seg.find('[') {
+                Some(i) => seg.split_at(i),
+                None => (seg, ""),
+            };
+            if !name.is_empty() {
+                cur = cur.field(name)?;
+            }
+            let mut rest = rest;
+            while let Some(stripped) = rest.strip_prefix('[') {
+                let end = stripped.find(']')?;
+                let idx: usize = stripped.get(..end)?.parse().ok()?;
+                cur = match cur {
+                    Value::Seq(items) => items.get(idx)?,
+                    _ => return None,
+                };
+                rest = stripped.get(end + 1..)?;
+            }
+        }
+        Some(cur)
+    }
+
+    /// The value as an unsigned integer, if it is an integer that fits.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v.into()),
+            Value::U16(v) => Some(v.into()),
+            Value::U32(v) => Some(v.into()),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// Calls `f` for every leaf (non-container) value with its path, in order.
+    /// Containers that are empty are reported as leaves so nothing is hidden.
+    pub fn walk_leaves<'a>(&'a self, f: &mut dyn FnMut(&str, &'a Value)) {
+        let mut path = String::new();
+        walk(self, &mut path, f);
+    }
+
+    /// Writes the value as a one-line scalar, or `None` for containers.
+    pub fn scalar_text(&self) -> Option<String> {
+        Some(match self {
+            Value::Bool(v) => v.to_string(),
+            Value::U8(v) => format!("{v:#04x}"),
+            Value::U16(v) => format!("{v:#06x}"),
+            Value::U32(v) => format!("{v:#010x}"),
+            Value::U64(v) => format!("{v:#018x}"),
+            Value::I8(v) => v.to_string(),
+            Value::I16(v) => v.to_string(),
+            Value::I32(v) => v.to_string(),
+            Value::I64(v) => v.to_string(),
+            Value::F32(v) => format!("{v:?}"),
+            Value::F64(v) => format!("{v:?}"),
+            Value::Bytes(b) => bytes_text(b),
+            Value::String(s) => format!("{s:?}"),
+            Value::Unit => "()".to_owned(),
+            Value::Option(None) => "none".to_owned(),
+            Value::Seq(v) if v.is_empty() => "[]".to_owned(),
+            Value::Struct(v) if v.is_empty() => "{}".to_owned(),
+            Value::Map(v) if v.is_empty() => "{}".to_owned(),
+            _ => return None,
+        })
+    }
+}
+
+fn walk<'a>(v: &'a Value, path: &mut String, f: &mut dyn FnMut(&str, &'a Value)) {
+    let len = path.len();
+    match v {
+        Value::Struct(fields) if !fields.is_empty() => {
+            for (name, child) in fields {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(name);
+                walk(child, path, f);
+                path.truncate(len);
+            }
+        }
+        Value::Seq(items) if !items.is_empty() => {
+            for (i, child) in items.iter().enumerate() {
+                path.push_str(&format!("[{i}]"));
+                walk(child, path, f);
+                path.truncate(len);
+            }
+        }
+        Value::Map(entries) if !entries.is_empty() => {
+            for (k, child) in entries {
+                let key = k.scalar_text().unwrap_or_else(|| "?".to_owned());
+                path.push_str(&format!("[{key}]"));
+                walk(child, path, f);
+                path.truncate(len);
+            }
+        }
+        Value::Option(Some(inner)) => walk(inner, path, f),
+        Value::Enum(name, payload) => {
+            path.push_str(&format!("::{name}"));
+            walk(payload, path, f);
+            path.truncate(len);
+        }
+        leaf => f(path, leaf),
+    }
+}
+
+/// Short text for a byte string: hex, cut after 32 bytes with the total length.
+fn bytes_text(b: &[u8]) -> String {
+    const SHOWN: usize = 32;
+    let mut s = String::with_capacity(2 * SHOWN.min(b.len()) + 16);
+    for byte in b.iter().take(SHOWN) {
+        s.push_str(&format!("{byte:02x}"));
+    }
+    if b.len() > SHOWN {
+        s.push_str(&format!("... ({} bytes)", b.len()));
+    } else if b.is_empty() {
+        s.push_str("(0 bytes)");
+    }
+    s
+}
+
+impl fmt::Display for Value {
+    /// One `path = type value` line per leaf.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut result = Ok(());
+        self.walk_leaves(&mut |path, leaf| {
+            if result.is_ok() {
+                let text = leaf.scalar_text().unwrap_or_default();
+                let path = if path.is_empty() { "." } else { path };
+                result = writeln!(f, "{path} = {} {text}", leaf.type_name());
+            }
+        });
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_lookup() {
+        let v = Value::Struct(vec![
+            ("a".into(), Value::U8(1)),
+            (
+                "q".into(),
+                Value::Seq(vec![
+                    Value::Struct(vec![("h".into(), Value::U16(7))]),
+                    Value::Struct(vec![("h".into(), Value::U16(9))]),
+                ]),
+            ),
+        ]);
+        assert_eq!(v.at_path("q[1].h"), Some(&Value::U16(9)));
+        assert_eq!(v.at_path("a"), Some(&Value::U8(1)));
+        assert_eq!(v.at_path("q[2].h"), None);
+        assert_eq!(
+            v.to_string(),
+            "a = u8 0x01\nq[0].h = u16 0x0007\nq[1].h = u16 0x0009\n"
+        );
+    }
+}
