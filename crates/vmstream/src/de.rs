@@ -13,7 +13,7 @@ use crate::value::Value;
 
 /// Deserializes `T` from a value.
 pub fn from_value<T: DeserializeOwned>(v: &Value) -> Result<T> {
-    T::deserialize(v).map_err(|e| incompatible(e))
+    T::deserialize(v).map_err(incompatible)
 }
 
 /// Deserializes `T` from a device's state; errors name the device.

@@ -278,11 +278,13 @@ impl StreamState {
                 Record::End(end)
             }
             _ if raw.is_optional() => Record::Other(raw),
-            kind => return Err(Error::unsupported(format!(
+            kind => {
+                return Err(Error::unsupported(format!(
                 "unknown mandatory record kind {:#06x} ({} bytes); a newer writer made this stream",
                 kind.0,
                 raw.body.len()
-            ))),
+            )))
+            }
         })
     }
 }

@@ -37,6 +37,32 @@ impl Default for WriterOptions {
     }
 }
 
+impl WriterOptions {
+    /// Sets [`WriterOptions::compression`].
+    pub fn with_compression(mut self, compression: Compression) -> WriterOptions {
+        self.compression = compression;
+        self
+    }
+
+    /// Sets [`WriterOptions::zero_pages`].
+    pub fn with_zero_pages(mut self, on: bool) -> WriterOptions {
+        self.zero_pages = on;
+        self
+    }
+
+    /// Sets [`WriterOptions::index`].
+    pub fn with_index(mut self, on: bool) -> WriterOptions {
+        self.index = on;
+        self
+    }
+
+    /// Sets [`WriterOptions::batch_pages`].
+    pub fn with_batch_pages(mut self, pages: u32) -> WriterOptions {
+        self.batch_pages = pages;
+        self
+    }
+}
+
 /// Writes a stream to any [`Write`].
 ///
 /// Names used by a value are published in a `names` record right before the

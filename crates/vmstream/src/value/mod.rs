@@ -170,6 +170,13 @@ impl Value {
             Value::Unit => "()".to_owned(),
             Value::Option(None) => "none".to_owned(),
             Value::Seq(v) if v.is_empty() => "[]".to_owned(),
+            Value::Seq(v) => {
+                let bytes: Option<Vec<u8>> = v
+                    .iter()
+                    .map(|i| if let Value::U8(b) = i { Some(*b) } else { None })
+                    .collect();
+                format!("[u8; {}] {}", v.len(), bytes_text(&bytes?))
+            }
             Value::Struct(v) if v.is_empty() => "{}".to_owned(),
             Value::Map(v) if v.is_empty() => "{}".to_owned(),
             _ => return None,
@@ -190,7 +197,9 @@ fn walk<'a>(v: &'a Value, path: &mut String, f: &mut dyn FnMut(&str, &'a Value))
                 path.truncate(len);
             }
         }
-        Value::Seq(items) if !items.is_empty() => {
+        Value::Seq(items)
+            if !items.is_empty() && !items.iter().all(|i| matches!(i, Value::U8(_))) =>
+        {
             for (i, child) in items.iter().enumerate() {
                 path.push_str(&format!("[{i}]"));
                 walk(child, path, f);

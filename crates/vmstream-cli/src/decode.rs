@@ -1,0 +1,366 @@
+//! `decode`, `encode` and `extract`: between streams and plain files.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value as Json};
+use vmstream::record::SchemaRecord;
+use vmstream::write::is_zero;
+use vmstream::{
+    Arch, DeviceState, Header, Limits, RamBlock, Record, StreamKind, StreamWriter, Value,
+    WriterOptions,
+};
+
+use crate::args::{DecodeArgs, EncodeArgs, ExtractArgs};
+use crate::input;
+
+/// Version of the `stream.json` layout written by `decode`.
+const DECODE_LAYOUT: u64 = 1;
+
+/// One RAM block's output file and which pages hold data written so far.
+struct BlockFile {
+    block: RamBlock,
+    file_name: String,
+    file: File,
+    written: Vec<u64>,
+}
+
+/// Applies page batches to one raw file per RAM block, in stream order: a later
+/// page replaces an earlier one, a zero page over data writes zeros, and pages
+/// never written stay holes in a sparse file.
+struct RamFiles {
+    dir: PathBuf,
+    page_size: u64,
+    blocks: BTreeMap<u32, BlockFile>,
+    used_names: HashSet<String>,
+    zeros: Vec<u8>,
+}
+
+impl RamFiles {
+    fn new(dir: &Path, page_size: u32) -> RamFiles {
+        RamFiles {
+            dir: dir.to_owned(),
+            page_size: page_size.into(),
+            blocks: BTreeMap::new(),
+            used_names: HashSet::new(),
+            zeros: vec![0; page_size as usize],
+        }
+    }
+
+    fn add(&mut self, b: RamBlock) -> Result<()> {
+        let mut name = sanitize(&b.name);
+        if !self.used_names.insert(name.clone()) {
+            name = format!("{name}-{}", b.id);
+            self.used_names.insert(name.clone());
+        }
+        let file_name = format!("{name}.bin");
+        let path = self.dir.join(&file_name);
+        let file =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        file.set_len(b.size)
+            .with_context(|| format!("cannot size {}", path.display()))?;
+        let pages = b.size / self.page_size;
+        let written =
+            vec![0u64; usize::try_from(pages.div_ceil(64)).context("RAM block too large")?];
+        self.blocks.insert(
+            b.id,
+            BlockFile {
+                block: b,
+                file_name,
+                file,
+                written,
+            },
+        );
+        Ok(())
+    }
+
+    fn apply(&mut self, batch: &vmstream::PageBatch<'_>) -> Result<()> {
+        let Some(bf) = self.blocks.get_mut(&batch.block) else {
+            bail!("page batch for unknown RAM block {}", batch.block);
+        };
+        for p in batch.pages() {
+            let (word, bit) = ((p.index / 64) as usize, p.index % 64);
+            let at = p.index * self.page_size;
+            match p.data {
+                Some(d) => {
+                    bf.file.write_all_at(d, at)?;
+                    if let Some(w) = bf.written.get_mut(word) {
+                        *w |= 1 << bit;
+                    }
+                }
+                None => {
+                    if let Some(w) = bf.written.get_mut(word) {
+                        if *w & (1 << bit) != 0 {
+                            bf.file.write_all_at(&self.zeros, at)?;
+                            *w &= !(1 << bit);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> Vec<Json> {
+        self.blocks
+            .values()
+            .map(|bf| {
+                json!({
+                    "id": bf.block.id, "name": bf.block.name, "size": bf.block.size,
+                    "page_size": bf.block.page_size, "flags": bf.block.flags, "file": bf.file_name,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A file name for a RAM block name (QEMU names contain `/` and `:`).
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        "block".to_owned()
+    } else {
+        s
+    }
+}
+
+fn prepare_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        if fs::read_dir(dir)?.next().is_some() {
+            bail!("output directory {} is not empty", dir.display());
+        }
+    } else {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn decode(args: &DecodeArgs, limits: Limits) -> Result<ExitCode> {
+    prepare_dir(&args.out)?;
+    let (format, mut r) = input::records(&args.file, limits)?;
+    let h = r.header().clone();
+    let mut ram = RamFiles::new(&args.out, h.page_size);
+    let mut info = Json::Null;
+    let mut schemas = Vec::new();
+    let mut devices = Vec::new();
+    while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
+        match item.record {
+            Record::Info(v) => info = v.to_json(),
+            Record::Schema(s) => schemas.push(
+                json!({"type": s.type_name, "version": s.version, "schema": s.schema.to_json()}),
+            ),
+            Record::Device(d) => devices.push(json!({
+                "name": d.name, "instance_id": d.instance_id, "type": d.type_name,
+                "version": d.version, "value": d.value.to_json(),
+            })),
+            Record::RamBlocks(blocks) => {
+                for b in blocks {
+                    ram.add(b)?;
+                }
+            }
+            Record::Pages(batch) => ram.apply(&batch)?,
+            _ => {}
+        }
+    }
+    let doc = json!({
+        "vmstream_decode": DECODE_LAYOUT,
+        "source_format": format.name(),
+        "header": {
+            "version": format!("{}.{}", h.version_major, h.version_minor),
+            "writer": h.writer, "kind": h.kind.name(), "arch": h.arch.name(), "page_size": h.page_size,
+        },
+        "info": info,
+        "schemas": schemas,
+        "devices": devices,
+        "ram_blocks": ram.describe(),
+    });
+    let path = args.out.join("stream.json");
+    let mut f = BufWriter::new(
+        File::create(&path).with_context(|| format!("cannot create {}", path.display()))?,
+    );
+    serde_json::to_writer_pretty(&mut f, &doc)?;
+    writeln!(f)?;
+    f.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn field<'a>(j: &'a Json, key: &str, at: &str) -> Result<&'a Json> {
+    j.get(key)
+        .with_context(|| format!("stream.json: {at} has no {key:?}"))
+}
+
+fn u64_field(j: &Json, key: &str, at: &str) -> Result<u64> {
+    field(j, key, at)?
+        .as_u64()
+        .with_context(|| format!("stream.json: {at}.{key} must be an unsigned integer"))
+}
+
+fn u32_field(j: &Json, key: &str, at: &str) -> Result<u32> {
+    u32::try_from(u64_field(j, key, at)?)
+        .with_context(|| format!("stream.json: {at}.{key} does not fit 32 bits"))
+}
+
+fn str_field<'a>(j: &'a Json, key: &str, at: &str) -> Result<&'a str> {
+    field(j, key, at)?
+        .as_str()
+        .with_context(|| format!("stream.json: {at}.{key} must be a string"))
+}
+
+fn array<'a>(j: &'a Json, key: &str) -> Result<&'a [Json]> {
+    match j.get(key) {
+        None | Some(Json::Null) => Ok(&[]),
+        Some(v) => v
+            .as_array()
+            .map(Vec::as_slice)
+            .with_context(|| format!("stream.json: {key:?} must be an array")),
+    }
+}
+
+fn value(j: &Json, at: &str) -> Result<Value> {
+    Value::from_json(j).with_context(|| format!("stream.json: {at}"))
+}
+
+pub(crate) fn encode(args: &EncodeArgs) -> Result<ExitCode> {
+    let path = args.dir.join("stream.json");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: Json =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let layout = u64_field(&doc, "vmstream_decode", "top level")?;
+    if layout != DECODE_LAYOUT {
+        bail!("stream.json layout {layout} is not supported (expected {DECODE_LAYOUT})");
+    }
+    let h = field(&doc, "header", "top level")?;
+    let kind = match str_field(h, "kind", "header")? {
+        "live" => StreamKind::Live,
+        "snapshot" => StreamKind::Snapshot,
+        "converted-from-qemu" => StreamKind::ConvertedFromQemu,
+        other => {
+            bail!("stream.json: header.kind {other:?} is not live, snapshot or converted-from-qemu")
+        }
+    };
+    let arch_name = str_field(h, "arch", "header")?;
+    let arch = Arch::from_name(arch_name)
+        .with_context(|| format!("stream.json: unknown arch {arch_name:?}"))?;
+    let page_size = u32_field(h, "page_size", "header")?;
+    let mut header = Header::new(kind, arch, page_size);
+    header.writer = str_field(h, "writer", "header")?.to_owned();
+
+    let out: Box<dyn Write> = if args.out.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            File::create(&args.out)
+                .with_context(|| format!("cannot create {}", args.out.display()))?,
+        )
+    };
+    let options = WriterOptions::default().with_compression(args.compression.to_compression());
+    let mut w = StreamWriter::new(BufWriter::with_capacity(1 << 20, out), header, options)?;
+    if let Some(info) = doc.get("info").filter(|i| !i.is_null()) {
+        w.write_info(&value(info, "info")?)?;
+    }
+    for (i, s) in array(&doc, "schemas")?.iter().enumerate() {
+        let at = format!("schemas[{i}]");
+        w.write_schema(&SchemaRecord {
+            type_name: str_field(s, "type", &at)?.to_owned(),
+            version: u32_field(s, "version", &at)?,
+            schema: value(field(s, "schema", &at)?, &at)?,
+        })?;
+    }
+    let mut blocks = Vec::new();
+    for (i, b) in array(&doc, "ram_blocks")?.iter().enumerate() {
+        let at = format!("ram_blocks[{i}]");
+        let block = RamBlock {
+            id: u32_field(b, "id", &at)?,
+            name: str_field(b, "name", &at)?.to_owned(),
+            size: u64_field(b, "size", &at)?,
+            page_size: u32_field(b, "page_size", &at)?,
+            flags: u32_field(b, "flags", &at)?,
+        };
+        let file = str_field(b, "file", &at)?;
+        if file.contains('/') || file.contains("..") {
+            bail!("stream.json: {at}.file {file:?} must be a plain file name inside the directory");
+        }
+        blocks.push((block, args.dir.join(file)));
+    }
+    if !blocks.is_empty() {
+        let defs: Vec<RamBlock> = blocks.iter().map(|(b, _)| b.clone()).collect();
+        w.write_ram_blocks(&defs)?;
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for (block, path) in &blocks {
+        let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let len = f.metadata()?.len();
+        if len != block.size {
+            bail!(
+                "{} is {len} bytes; block {:?} is {} bytes",
+                path.display(),
+                block.name,
+                block.size
+            );
+        }
+        let ps = page_size as usize;
+        let mut index = 0u64;
+        let mut left = block.size;
+        while left > 0 {
+            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            f.read_exact(&mut buf[..n])
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            for page in buf[..n].chunks_exact(ps) {
+                if !is_zero(page) {
+                    w.write_page(block.id, 0, index, page)?;
+                }
+                index += 1;
+            }
+            left -= n as u64;
+        }
+    }
+    for (i, d) in array(&doc, "devices")?.iter().enumerate() {
+        let at = format!("devices[{i}]");
+        w.write_device(&DeviceState {
+            name: str_field(d, "name", &at)?.to_owned(),
+            instance_id: u32_field(d, "instance_id", &at)?,
+            type_name: str_field(d, "type", &at)?.to_owned(),
+            version: u32_field(d, "version", &at)?,
+            value: value(field(d, "value", &at)?, &at)?,
+        })?;
+    }
+    w.finish()?.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn extract(args: &ExtractArgs, limits: Limits) -> Result<ExitCode> {
+    prepare_dir(&args.out)?;
+    let (_, mut r) = input::records(&args.file, limits)?;
+    let mut ram = RamFiles::new(&args.out, r.header().page_size);
+    while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
+        match item.record {
+            Record::RamBlocks(blocks) => {
+                for b in blocks {
+                    ram.add(b)?;
+                }
+            }
+            Record::Pages(batch) => ram.apply(&batch)?,
+            _ => {}
+        }
+    }
+    for bf in ram.blocks.values() {
+        println!("{}\t{}\t{}", bf.file_name, bf.block.name, bf.block.size);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,382 @@
+//! `inspect`, `dump` and `verify`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use vmstream::header::{FEATURE_INDEX, FEATURE_LZ4, FEATURE_QEMU_FRAMING, FEATURE_ZSTD};
+use vmstream::{Header, Limits, Record};
+
+use crate::args::{DumpArgs, InspectArgs, VerifyArgs};
+use crate::input::{self, Format};
+
+/// What `inspect` reports about one RAM block.
+#[derive(Default)]
+struct BlockStats {
+    name: String,
+    size: u64,
+    page_size: u32,
+    flags: u32,
+    data_records: u64,
+    zero_records: u64,
+    /// Final state per page: 0 = never sent, 1 = zero, 2 = data.
+    last: Vec<u8>,
+}
+
+struct DeviceRow {
+    name: String,
+    instance_id: u32,
+    type_name: String,
+    version: u32,
+    size: usize,
+}
+
+/// Everything `inspect` prints.
+struct Summary {
+    format: Format,
+    header: Header,
+    counts: BTreeMap<&'static str, u64>,
+    devices: Vec<DeviceRow>,
+    blocks: BTreeMap<u32, BlockStats>,
+    epochs: u64,
+    bytes: u64,
+    info: Option<vmstream::Value>,
+}
+
+fn summarize(path: &std::path::Path, limits: Limits) -> Result<Summary> {
+    let (format, mut r) = input::records(path, limits)?;
+    let header = r.header().clone();
+    let page_size = u64::from(header.page_size);
+    let mut s = Summary {
+        format,
+        header,
+        counts: BTreeMap::new(),
+        devices: Vec::new(),
+        blocks: BTreeMap::new(),
+        epochs: 0,
+        bytes: 0,
+        info: None,
+    };
+    while let Some(item) = r.next().with_context(|| path.display().to_string())? {
+        *s.counts.entry(item.kind.name()).or_default() += 1;
+        match item.record {
+            Record::Info(v) => s.info = Some(v),
+            Record::Device(d) => s.devices.push(DeviceRow {
+                size: item.framed_len,
+                name: d.name,
+                instance_id: d.instance_id,
+                type_name: d.type_name,
+                version: d.version,
+            }),
+            Record::RamBlocks(blocks) => {
+                for b in blocks {
+                    let pages = usize::try_from(b.size / page_size).unwrap_or(usize::MAX);
+                    s.blocks.insert(
+                        b.id,
+                        BlockStats {
+                            name: b.name,
+                            size: b.size,
+                            page_size: b.page_size,
+                            flags: b.flags,
+                            last: vec![0; pages],
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+            Record::Pages(batch) => {
+                if let Some(st) = s.blocks.get_mut(&batch.block) {
+                    for p in batch.pages() {
+                        let slot = st.last.get_mut(p.index as usize);
+                        match p.data {
+                            Some(_) => {
+                                st.data_records += 1;
+                                if let Some(slot) = slot {
+                                    *slot = 2;
+                                }
+                            }
+                            None => {
+                                st.zero_records += 1;
+                                if let Some(slot) = slot {
+                                    *slot = 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Record::Epoch(_) => s.epochs += 1,
+            _ => {}
+        }
+    }
+    s.bytes = r.state().offset();
+    Ok(s)
+}
+
+fn feature_names(bits: u64, names: &[(u64, &str)]) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| (*n).to_owned())
+        .collect();
+    let known: u64 = names.iter().map(|(b, _)| b).fold(0, |a, b| a | b);
+    if bits & !known != 0 {
+        out.push(format!("{:#x}", bits & !known));
+    }
+    out
+}
+
+pub(crate) fn inspect(args: &InspectArgs, limits: Limits) -> Result<ExitCode> {
+    let s = summarize(&args.file, limits)?;
+    let required = feature_names(
+        s.header.required_features,
+        &[(FEATURE_ZSTD, "zstd"), (FEATURE_LZ4, "lz4")],
+    );
+    let optional = feature_names(
+        s.header.optional_features,
+        &[
+            (FEATURE_INDEX, "index"),
+            (FEATURE_QEMU_FRAMING, "qemu-framing"),
+        ],
+    );
+    let out = &mut std::io::stdout().lock();
+    if args.json {
+        let j = json!({
+            "input_format": s.format.name(),
+            "format_version": format!("{}.{}", s.header.version_major, s.header.version_minor),
+            "writer": s.header.writer,
+            "kind": s.header.kind.name(),
+            "arch": s.header.arch.name(),
+            "page_size": s.header.page_size,
+            "features": { "required": required, "optional": optional },
+            "bytes": s.bytes,
+            "records": s.counts,
+            "epoch_barriers": s.epochs,
+            "info": s.info.as_ref().map(vmstream::Value::to_json),
+            "devices": s.devices.iter().map(|d| json!({
+                "name": d.name, "instance_id": d.instance_id, "type": d.type_name,
+                "version": d.version, "size": d.size,
+            })).collect::<Vec<_>>(),
+            "ram_blocks": s.blocks.iter().map(|(id, b)| json!({
+                "id": id, "name": b.name, "size": b.size, "page_size": b.page_size, "flags": b.flags,
+                "pages": b.last.len(),
+                "final": { "data": count(&b.last, 2), "zero": count(&b.last, 1), "unsent": count(&b.last, 0) },
+                "sent": { "data": b.data_records, "zero": b.zero_records },
+            })).collect::<Vec<_>>(),
+        });
+        serde_json::to_writer_pretty(&mut *out, &j)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "input:     {} stream, {} bytes",
+        s.format.name(),
+        s.bytes
+    )?;
+    writeln!(
+        out,
+        "format:    vmstream {}.{}",
+        s.header.version_major, s.header.version_minor
+    )?;
+    writeln!(out, "writer:    {}", s.header.writer)?;
+    writeln!(out, "kind:      {}", s.header.kind.name())?;
+    writeln!(out, "arch:      {}", s.header.arch.name())?;
+    writeln!(out, "page size: {}", s.header.page_size)?;
+    writeln!(
+        out,
+        "features:  required [{}], optional [{}]",
+        required.join(", "),
+        optional.join(", ")
+    )?;
+    let total: u64 = s.counts.values().sum();
+    let per: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    writeln!(out, "records:   {total} ({})", per.join(", "))?;
+    if let Some(info) = &s.info {
+        writeln!(out, "info:")?;
+        for line in info.to_string().lines() {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    writeln!(out, "devices:   {}", s.devices.len())?;
+    if !s.devices.is_empty() {
+        let w = s
+            .devices
+            .iter()
+            .map(|d| d.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let tw = s
+            .devices
+            .iter()
+            .map(|d| d.type_name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(
+            out,
+            "  {:<w$}  {:>8}  {:<tw$}  {:>7}  {:>8}",
+            "NAME", "INSTANCE", "TYPE", "VERSION", "BYTES"
+        )?;
+        for d in &s.devices {
+            writeln!(
+                out,
+                "  {:<w$}  {:>8}  {:<tw$}  {:>7}  {:>8}",
+                d.name, d.instance_id, d.type_name, d.version, d.size
+            )?;
+        }
+    }
+    writeln!(out, "ram blocks: {}", s.blocks.len())?;
+    if !s.blocks.is_empty() {
+        let w = s
+            .blocks
+            .values()
+            .map(|b| b.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(
+            out,
+            "  {:>3}  {:<w$}  {:>12}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}",
+            "ID", "NAME", "SIZE", "PAGES", "DATA", "ZERO", "UNSENT", "SENT"
+        )?;
+        for (id, b) in &s.blocks {
+            writeln!(
+                out,
+                "  {:>3}  {:<w$}  {:>12}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}",
+                id,
+                b.name,
+                format!("{:#x}", b.size),
+                b.last.len(),
+                count(&b.last, 2),
+                count(&b.last, 1),
+                count(&b.last, 0),
+                b.data_records + b.zero_records,
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn count(states: &[u8], want: u8) -> usize {
+    states.iter().filter(|&&s| s == want).count()
+}
+
+pub(crate) fn dump(args: &DumpArgs, limits: Limits) -> Result<ExitCode> {
+    let (_, mut r) = input::records(&args.file, limits)?;
+    let out = &mut std::io::stdout().lock();
+    let mut devices = Vec::new();
+    let mut matched = 0usize;
+    while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
+        let Record::Device(d) = item.record else {
+            continue;
+        };
+        if let Some(want) = &args.device {
+            let full = format!("{}:{}", d.name, d.instance_id);
+            if *want != d.name && *want != full {
+                continue;
+            }
+        }
+        matched += 1;
+        if args.json {
+            devices.push(json!({
+                "name": d.name, "instance_id": d.instance_id, "type": d.type_name,
+                "version": d.version, "value": d.value.to_json(),
+            }));
+        } else {
+            writeln!(
+                out,
+                "device {} (instance {}, type {}, version {}):",
+                d.name, d.instance_id, d.type_name, d.version
+            )?;
+            for line in d.value.to_string().lines() {
+                writeln!(out, "  {line}")?;
+            }
+        }
+    }
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &json!({ "devices": devices }))?;
+        writeln!(out)?;
+    }
+    if let Some(want) = &args.device {
+        if matched == 0 {
+            anyhow::bail!("no device named {want:?} in {}", args.file.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn verify(args: &VerifyArgs, limits: Limits) -> Result<ExitCode> {
+    let (format, mut r) = input::records(&args.file, limits)?;
+    let mut schemas: BTreeMap<(String, u32), vmstream::Value> = BTreeMap::new();
+    let mut devices = 0u64;
+    let mut pages = 0u64;
+    let mut index: Option<(u64, Vec<vmstream::record::IndexEntry>)> = None;
+    let mut offsets: BTreeMap<u64, (vmstream::RecordKind, String)> = BTreeMap::new();
+    while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
+        let (offset, index_no) = (item.offset, item.index);
+        match item.record {
+            Record::Schema(s) => {
+                schemas.insert((s.type_name, s.version), s.schema);
+            }
+            Record::Device(d) => {
+                devices += 1;
+                if let Some(schema) = schemas.get(&(d.type_name.clone(), d.version)) {
+                    vmstream::schema::check(schema, &d.value)
+                        .map_err(|e| {
+                            e.in_device(&d.name)
+                                .at_offset(offset)
+                                .in_record(index_no, "device")
+                        })
+                        .with_context(|| args.file.display().to_string())?;
+                }
+                offsets.insert(offset, (item.kind, d.name));
+            }
+            Record::Pages(b) => {
+                pages += b.len() as u64;
+                offsets.insert(offset, (item.kind, String::new()));
+            }
+            Record::Index(entries) => index = Some((offset, entries)),
+            _ => {}
+        }
+    }
+    let records = r.state().records();
+    let bytes = r.state().offset();
+    if !r.at_eof()? {
+        anyhow::bail!(
+            "{}: malformed stream: data after the end record (at offset {bytes:#x})",
+            args.file.display()
+        );
+    }
+    if let Some((at, entries)) = &index {
+        for (i, e) in entries.iter().enumerate() {
+            let ok = offsets
+                .get(&e.offset)
+                .is_some_and(|(k, name)| *k == e.kind && *name == e.name);
+            if !ok {
+                anyhow::bail!(
+                    "{}: malformed stream: index entry {i} points at offset {:#x}, where no {} record{} starts (index record at offset {at:#x})",
+                    args.file.display(),
+                    e.offset,
+                    e.kind.name(),
+                    if e.name.is_empty() { String::new() } else { format!(" for {:?}", e.name) }
+                );
+            }
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({"ok": true, "input_format": format.name(), "records": records, "bytes": bytes, "devices": devices, "pages": pages})
+        );
+    } else {
+        println!(
+            "ok: {} stream, {records} records, {bytes} bytes, {devices} devices, {pages} pages",
+            format.name()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,55 @@
+//! `vmstream`: inspect, check, convert and compare VM migration streams.
+//!
+//! A thin binary over the library crates: flags are parsed by `args`, each
+//! subcommand lives in its own module, and only this crate knows `clap` and
+//! `anyhow`.
+
+#![forbid(unsafe_code)]
+
+mod args;
+mod decode;
+mod diff;
+mod input;
+mod inspect;
+mod progress;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            let _ = std::io::stdout().flush();
+            eprintln!("vmstream: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
+    use args::Command;
+    let limits = cli.limits();
+    match cli.command {
+        Command::Inspect(a) => inspect::inspect(&a, limits),
+        Command::Dump(a) => inspect::dump(&a, limits),
+        Command::Verify(a) => inspect::verify(&a, limits),
+        Command::Decode(a) => decode::decode(&a, limits),
+        Command::Encode(a) => decode::encode(&a),
+        Command::Extract(a) => decode::extract(&a, limits),
+        Command::Diff(a) => diff::diff(&a, limits),
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
