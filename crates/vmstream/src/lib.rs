@@ -71,3 +71,8 @@ pub use record::{Compression, DeviceState, Page, PageBatch, RamBlock, RecordKind
 pub use ser::{to_value, ValueSerializer};
 pub use value::Value;
 pub use write::{StreamWriter, WriterOptions};
+
+/// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

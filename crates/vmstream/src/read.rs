@@ -77,6 +77,7 @@ pub struct StreamState {
     records: u64,
     offset: u64,
     ended: bool,
+    barrier: Option<u32>,
 }
 
 impl StreamState {
@@ -91,6 +92,7 @@ impl StreamState {
             records: 0,
             offset: header_len as u64,
             ended: false,
+            barrier: None,
         }
     }
 
@@ -243,17 +245,27 @@ impl StreamState {
                 let page_size = self.header.page_size;
                 let blocks = &self.blocks;
                 let lookup = |id: u32| blocks.get(&id).map(|b| b.size / u64::from(page_size));
-                Record::Pages(PageBatch::parse(
-                    raw.body,
-                    base,
-                    page_size,
-                    limits.max_record_size,
-                    &lookup,
-                )?)
+                let batch =
+                    PageBatch::parse(raw.body, base, page_size, limits.max_record_size, &lookup)?;
+                if let Some(b) = self.barrier.filter(|&b| batch.epoch <= b) {
+                    return Err(Error::malformed(format!(
+                        "page batch of epoch {} after the barrier for epoch {b} (epochs at or below a barrier are complete)",
+                        batch.epoch
+                    ))
+                    .at_offset(base + 4));
+                }
+                Record::Pages(batch)
             }
             RecordKind::EPOCH => {
                 let e = c.u32("epoch")?;
                 c.finish("epoch")?;
+                if let Some(b) = self.barrier.filter(|&b| e <= b) {
+                    return Err(Error::malformed(format!(
+                        "epoch barrier {e} does not rise above the previous barrier {b}"
+                    ))
+                    .at_offset(base));
+                }
+                self.barrier = Some(e);
                 Record::Epoch(e)
             }
             RecordKind::INDEX => Record::Index(parse_index(&mut c)?),
