@@ -246,11 +246,11 @@ impl Header {
         Ok(len as usize)
     }
 
-    /// Decodes a complete header (exactly [`Header::total_len`] bytes).
+    /// Decodes a complete header (the fixed part plus its declared length).
     pub fn decode(buf: &[u8]) -> Result<Header> {
         let len = Header::total_len(buf)?;
         let Some(all) = buf.get(..len) else {
-            return Err(Error::truncated("header", len, buf.len()));
+            return Err(Error::truncated("header", len, buf.len()).at_offset(buf.len() as u64));
         };
         let (body, crc_bytes) = all.split_at(len - 4);
         let stored = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);

@@ -486,7 +486,7 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize> {
 fn read_exact_at<R: Read>(r: &mut R, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
     let n = read_full(r, buf)?;
     if n < buf.len() {
-        return Err(Error::truncated(what, buf.len(), n).at_offset(offset));
+        return Err(Error::truncated(what, buf.len(), n).at_offset(offset + n as u64));
     }
     Ok(())
 }
@@ -653,7 +653,7 @@ impl Core {
         }
         let off = self.state.as_ref().map_or(0, StreamState::offset);
         Err(Error::malformed(format!(
-            "stream ends without an end record ({} bytes of an incomplete {} buffered)",
+            "truncated stream: it ends without an end record ({} bytes of an incomplete {} buffered)",
             if self.consumed { 0 } else { self.buf.len() },
             if self.state.is_some() {
                 "record"

@@ -418,6 +418,16 @@ impl<'a> PageBatch<'a> {
         let stored = c.bytes(stored_len as usize, "page data")?;
         c.finish("page data")?;
         let data: Cow<'a, [u8]> = match compression {
+            // A batch of zero pages only has no data, whatever its compression.
+            0..=2 if raw_len == 0 => {
+                if stored_len != 0 {
+                    return Err(Error::malformed(
+                        "page batch without data pages has a non-empty data area",
+                    )
+                    .at_offset(base + 16));
+                }
+                Cow::Borrowed(stored)
+            }
             0 => {
                 if stored_len != raw_len {
                     return Err(Error::malformed(

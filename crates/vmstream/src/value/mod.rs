@@ -3,7 +3,7 @@
 //! A [`Value`] keeps exact integer widths and signedness, so a device field written
 //! as `u16` reads back as `u16` in any tool, without the device's code. It is the
 //! meeting point of three encodings: the binary one in records
-//! ([`encode`](crate::value::encode)/[`decode`](crate::value::decode)), the tagged
+//! ([`encode`]/[`decode`]), the tagged
 //! JSON form ([`Value::to_json`], [`Value::from_json`]), and serde
 //! ([`to_value`](crate::to_value), [`from_value`](crate::from_value)).
 

@@ -1,0 +1,348 @@
+//! End-to-end tests of the `vmstream` binary, as a user runs it.
+//!
+//! Golden outputs live in `tests/golden/`; run with `VMSTREAM_BLESS=1` to rewrite
+//! them after an intended change, and review the diff.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn sample() -> PathBuf {
+    root().join("testdata/good/sample.vms")
+}
+
+fn vmstream(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmstream"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run vmstream")
+}
+
+fn vmstream_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmstream"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmstream");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("VMSTREAM_BLESS").is_some() {
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(&path, actual).expect("bless");
+        return;
+    }
+    let expected = fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden file {}; run with VMSTREAM_BLESS=1",
+            path.display()
+        )
+    });
+    assert_eq!(actual, expected, "output differs from {}", path.display());
+}
+
+#[test]
+fn inspect_golden() {
+    golden(
+        "sample.inspect.txt",
+        &ok(&vmstream(&["inspect", "testdata/good/sample.vms"])),
+    );
+    golden(
+        "sample.inspect.json",
+        &ok(&vmstream(&[
+            "inspect",
+            "--json",
+            "testdata/good/sample.vms",
+        ])),
+    );
+}
+
+#[test]
+fn dump_golden() {
+    golden(
+        "sample.dump.txt",
+        &ok(&vmstream(&["dump", "testdata/good/sample.vms"])),
+    );
+    golden(
+        "sample.dump.json",
+        &ok(&vmstream(&["dump", "--json", "testdata/good/sample.vms"])),
+    );
+}
+
+#[test]
+fn dump_one_device_and_unknown_device() {
+    let all = ok(&vmstream(&["dump", "--json", "testdata/good/sample.vms"]));
+    let doc: serde_json::Value = serde_json::from_str(&all).expect("json");
+    let first = doc["devices"][0]["name"]
+        .as_str()
+        .expect("a device")
+        .to_owned();
+    let one = ok(&vmstream(&[
+        "dump",
+        "--json",
+        "--device",
+        &first,
+        "testdata/good/sample.vms",
+    ]));
+    let one: serde_json::Value = serde_json::from_str(&one).expect("json");
+    assert!(one["devices"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .all(|d| d["name"] == first.as_str()));
+    let out = vmstream(&[
+        "dump",
+        "--device",
+        "no-such-device",
+        "testdata/good/sample.vms",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no device named"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn stdin_is_dash() {
+    let bytes = fs::read(sample()).expect("sample");
+    let a = ok(&vmstream_stdin(&["inspect", "--json", "-"], &bytes));
+    let b = ok(&vmstream(&[
+        "inspect",
+        "--json",
+        "testdata/good/sample.vms",
+    ]));
+    assert_eq!(a, b);
+}
+
+#[test]
+fn verify_sound_and_corrupt() {
+    let out = ok(&vmstream(&["verify", "testdata/good/sample.vms"]));
+    assert!(out.starts_with("ok: vmstream stream"), "{out}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bytes = fs::read(sample()).expect("sample");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let bad = dir.path().join("bad.vms");
+    fs::write(&bad, &bytes).expect("write");
+    let out = vmstream(&["verify", bad.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one error line: {err}");
+    assert!(
+        err.contains("offset 0x") && err.contains("record "),
+        "{err}"
+    );
+    // truncated
+    let short = dir.path().join("short.vms");
+    fs::write(&short, &bytes[..mid]).expect("write");
+    let out = vmstream(&["verify", short.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    // trailing garbage after end
+    let mut long = fs::read(sample()).expect("sample");
+    long.extend_from_slice(b"junk");
+    let trailing = dir.path().join("trailing.vms");
+    fs::write(&trailing, &long).expect("write");
+    let out = vmstream(&["verify", trailing.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("after the end record"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn every_bad_vector_fails_verify_with_one_line() {
+    let dir = root().join("testdata/bad");
+    let mut n = 0;
+    for entry in fs::read_dir(&dir).expect("testdata/bad") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "vms") {
+            continue;
+        }
+        n += 1;
+        let out = vmstream(&["verify", path.to_str().expect("utf8")]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: {}",
+            path.display(),
+            text(&out.stdout)
+        );
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{}: {err}", path.display());
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(n >= 10, "only {n} bad vectors");
+}
+
+fn dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| {
+            let p = e.expect("entry").path();
+            (
+                p.file_name().expect("name").to_string_lossy().into_owned(),
+                fs::read(&p).expect("read"),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn decode_encode_decode_is_identical() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (d1, d2, re) = (
+        t.path().join("d1"),
+        t.path().join("d2"),
+        t.path().join("re.vms"),
+    );
+    let s = |p: &Path| p.to_str().expect("utf8").to_owned();
+    ok(&vmstream(&[
+        "decode",
+        "testdata/good/sample.vms",
+        "--out",
+        &s(&d1),
+    ]));
+    ok(&vmstream(&["encode", &s(&d1), "--out", &s(&re)]));
+    ok(&vmstream(&["decode", &s(&re), "--out", &s(&d2)]));
+    assert_eq!(dir_files(&d1), dir_files(&d2));
+    ok(&vmstream(&["verify", &s(&re)]));
+    // compressed encode decodes the same too
+    let (re_z, d3) = (t.path().join("z.vms"), t.path().join("d3"));
+    ok(&vmstream(&[
+        "encode",
+        &s(&d1),
+        "--out",
+        &s(&re_z),
+        "--compression",
+        "zstd",
+    ]));
+    ok(&vmstream(&["decode", &s(&re_z), "--out", &s(&d3)]));
+    assert_eq!(dir_files(&d1), dir_files(&d3));
+    // a non-empty output directory is refused
+    let out = vmstream(&["decode", "testdata/good/sample.vms", "--out", &s(&d1)]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn extract_matches_decode_and_diff_finds_edits() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let s = |p: &Path| p.to_str().expect("utf8").to_owned();
+    let (x, d) = (t.path().join("x"), t.path().join("d"));
+    ok(&vmstream(&[
+        "extract",
+        "testdata/good/sample.vms",
+        "--out",
+        &s(&x),
+    ]));
+    ok(&vmstream(&[
+        "decode",
+        "testdata/good/sample.vms",
+        "--out",
+        &s(&d),
+    ]));
+    let raw: Vec<_> = dir_files(&d)
+        .into_iter()
+        .filter(|(n, _)| n.ends_with(".bin"))
+        .collect();
+    assert!(!raw.is_empty());
+    assert_eq!(dir_files(&x), raw);
+
+    // equal streams
+    let same = vmstream(&[
+        "diff",
+        "testdata/good/sample.vms",
+        "testdata/good/sample.vms",
+    ]);
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same.stderr));
+
+    // edit one device field and one RAM page, re-encode, diff
+    let json_path = d.join("stream.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&json_path).expect("read")).expect("json");
+    let dev = &mut doc["devices"][0];
+    let name = dev["name"].as_str().expect("name").to_owned();
+    let fields = dev["value"]["struct"]
+        .as_object_mut()
+        .expect("struct device");
+    let (field, slot) = fields
+        .iter_mut()
+        .find(|(_, v)| v.get("u8").is_some())
+        .expect("a u8 field");
+    let field = field.clone();
+    *slot = serde_json::json!({"u8": 0xee});
+    fs::write(&json_path, serde_json::to_string(&doc).expect("json")).expect("write");
+    let (bin_name, _) = &raw[0];
+    let mut bin = fs::read(d.join(bin_name)).expect("bin");
+    bin[4096 * 2 + 5] ^= 0xff;
+    fs::write(d.join(bin_name), &bin).expect("write");
+    let edited = t.path().join("edited.vms");
+    ok(&vmstream(&["encode", &s(&d), "--out", &s(&edited)]));
+    let out = vmstream(&["diff", "testdata/good/sample.vms", &s(&edited)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("device {name}"))
+            && stdout.contains(&field)
+            && stdout.contains("-> u8 0xee"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 pages differ"), "{stdout}");
+    let out = vmstream(&["diff", "--json", "testdata/good/sample.vms", &s(&edited)]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["equal"], false);
+    assert_eq!(
+        j["devices"][0]["fields"][0]["new"],
+        serde_json::json!({"u8": 0xee})
+    );
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let out = vmstream(&["inspect", "no/such/file.vms"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot open no/such/file.vms"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,720 @@
+//! Whole-stream tests: the three readers agree, any split of the input gives the
+//! same events, every corruption and truncation is an error, hostile inputs hit
+//! limits instead of memory, and the bad-input vectors give their documented errors.
+
+use std::io::Read;
+
+use proptest::prelude::*;
+use vmstream::{
+    Arch, Compression, Decoder, ErrorKind, Event, Header, Item, Limits, RamBlock, Record,
+    SliceReader, StreamKind, StreamReader, StreamWriter, Value, WriterOptions,
+};
+use vmstream_testkit::{end_record, frame, header_bytes, sample_stream, PAGE};
+
+/// One line per record, for comparing readers.
+fn render(item: &Item<'_>) -> String {
+    let body = match &item.record {
+        Record::Info(v) => format!("info {:?}", v),
+        Record::Names { first, count } => format!("names {first}+{count}"),
+        Record::Schema(s) => format!("schema {} v{} {:?}", s.type_name, s.version, s.schema),
+        Record::Device(d) => format!(
+            "device {} {} {} {} {:?}",
+            d.name, d.instance_id, d.type_name, d.version, d.value
+        ),
+        Record::RamBlocks(b) => format!("blocks {b:?}"),
+        Record::Pages(b) => {
+            let pages: Vec<String> = b
+                .pages()
+                .map(|p| {
+                    format!(
+                        "{}:{}",
+                        p.index,
+                        p.data.map_or(0, |d| vmstream_testkit::crc32c(d))
+                    )
+                })
+                .collect();
+            format!("pages {} e{} [{}]", b.block, b.epoch, pages.join(" "))
+        }
+        Record::Epoch(e) => format!("epoch {e}"),
+        Record::Index(i) => format!("index {i:?}"),
+        Record::End(e) => format!("end {e:?}"),
+        Record::Other(r) => format!("other {:#x} {:?}", r.kind.0, r.body),
+        other => format!("{other:?}"),
+    };
+    format!("#{} @{:#x} {}", item.index, item.offset, body)
+}
+
+fn read_slice(bytes: &[u8], limits: Limits) -> vmstream::Result<Vec<String>> {
+    let mut r = SliceReader::new(bytes, limits)?;
+    let mut out = Vec::new();
+    while let Some(item) = r.next()? {
+        out.push(render(&item));
+    }
+    if !r.trailing().is_empty() {
+        return Err(vmstream::Error::new(
+            ErrorKind::Malformed,
+            "data after the end record",
+        ));
+    }
+    Ok(out)
+}
+
+/// A reader that hands out at most `n` bytes per call.
+struct Dribble<'a> {
+    data: &'a [u8],
+    n: usize,
+}
+
+impl Read for Dribble<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.n.min(buf.len()).min(self.data.len());
+        buf[..k].copy_from_slice(&self.data[..k]);
+        self.data = &self.data[k..];
+        Ok(k)
+    }
+}
+
+fn read_stream(bytes: &[u8], per_read: usize, limits: Limits) -> vmstream::Result<Vec<String>> {
+    let mut r = StreamReader::new(
+        Dribble {
+            data: bytes,
+            n: per_read,
+        },
+        limits,
+    )?;
+    let mut out = Vec::new();
+    while let Some(item) = r.next()? {
+        out.push(render(&item));
+    }
+    if !r.at_eof()? {
+        return Err(vmstream::Error::new(
+            ErrorKind::Malformed,
+            "data after the end record",
+        ));
+    }
+    Ok(out)
+}
+
+/// Feeds `bytes` to the push decoder in chunks given by `sizes` (cycled).
+fn read_push(bytes: &[u8], sizes: &[usize], limits: Limits) -> vmstream::Result<Vec<String>> {
+    let mut d = Decoder::new(limits);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut i = 0;
+    while pos < bytes.len() {
+        let n = sizes[i % sizes.len()].max(1);
+        i += 1;
+        let mut chunk = &bytes[pos..(pos + n).min(bytes.len())];
+        pos += chunk.len();
+        while !chunk.is_empty() {
+            let (used, ev) = d.feed(chunk)?;
+            if let Some(Event::Record(item)) = ev {
+                out.push(render(&item));
+            }
+            chunk = &chunk[used..];
+        }
+    }
+    d.finish()?;
+    Ok(out)
+}
+
+fn all_readers_agree(bytes: &[u8]) -> Vec<String> {
+    let lim = Limits::default();
+    let a = read_slice(bytes, lim).expect("slice reader");
+    assert_eq!(
+        read_stream(bytes, usize::MAX, lim).expect("stream reader"),
+        a
+    );
+    assert_eq!(
+        read_stream(bytes, 1, lim).expect("stream reader, 1 byte per read"),
+        a
+    );
+    assert_eq!(
+        read_push(bytes, &[usize::MAX], lim).expect("push, whole"),
+        a
+    );
+    assert_eq!(read_push(bytes, &[1], lim).expect("push, 1 byte"), a);
+    assert_eq!(
+        read_push(bytes, &[7, 1, 4096, 3, 100_000], lim).expect("push, mixed"),
+        a
+    );
+    a
+}
+
+#[test]
+fn sample_reads_the_same_with_every_reader_and_split() {
+    let records = all_readers_agree(&sample_stream());
+    assert_eq!(records.len(), 15);
+    for c in [Compression::Zstd(3), Compression::Lz4] {
+        let compressed = vmstream_testkit::sample_compressed(c);
+        let got = all_readers_agree(&compressed);
+        // Same content; only offsets and the pages' stored form differ.
+        let strip = |v: &[String]| {
+            v.iter()
+                .map(|l| {
+                    l.split_once(' ')
+                        .map(|x| x.1)
+                        .unwrap_or("")
+                        .split_once(' ')
+                        .map(|x| x.1.to_owned())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&got)[..13], strip(&records)[..13]);
+    }
+}
+
+#[test]
+fn sample_devices_deserialize_back() {
+    let bytes = sample_stream();
+    let mut r = SliceReader::new(&bytes, Limits::default()).unwrap();
+    let (uart, net) = vmstream_testkit::sample_devices();
+    let mut seen = 0;
+    while let Some(item) = r.next().unwrap() {
+        if let Record::Device(d) = item.record {
+            seen += 1;
+            match d.type_name.as_str() {
+                "uart-16550" => assert_eq!(
+                    vmstream::from_device::<vmstream_testkit::Uart>(&d).unwrap(),
+                    uart
+                ),
+                "virtio-net" => assert_eq!(
+                    vmstream::from_device::<vmstream_testkit::VirtioNet>(&d).unwrap(),
+                    net
+                ),
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    assert_eq!(seen, 2);
+}
+
+#[test]
+fn corruption_sweep_every_byte() {
+    let bytes = sample_stream();
+    let mut flips = 0;
+    for i in 0..bytes.len() {
+        for mask in [0x01u8, 0xff] {
+            let mut m = bytes.clone();
+            m[i] ^= mask;
+            flips += 1;
+            let r = read_slice(&m, Limits::default());
+            assert!(r.is_err(), "flip {mask:#x} at {i} was accepted");
+            // the push decoder fed one record-sized chunk at a time agrees
+            assert!(
+                read_push(&m, &[4096], Limits::default()).is_err(),
+                "push accepted flip at {i}"
+            );
+        }
+    }
+    assert_eq!(flips, 2 * bytes.len());
+    eprintln!(
+        "corruption sweep: {flips} flips over {} bytes, all rejected",
+        bytes.len()
+    );
+}
+
+#[test]
+fn truncation_sweep_every_offset() {
+    let bytes = sample_stream();
+    for cut in 0..bytes.len() {
+        let t = &bytes[..cut];
+        let e = read_slice(t, Limits::default()).expect_err("truncated stream accepted");
+        assert_eq!(e.kind(), ErrorKind::Malformed, "cut at {cut}: {e}");
+        assert!(
+            e.location().offset.is_some_and(|o| o <= cut as u64),
+            "cut at {cut}: {e}"
+        );
+        let e =
+            read_stream(t, 977, Limits::default()).expect_err("stream reader accepted truncation");
+        assert_eq!(e.kind(), ErrorKind::Malformed, "cut at {cut}: {e}");
+        assert!(read_push(t, &[333], Limits::default()).is_err());
+    }
+    eprintln!("truncation sweep: {} cut points, all rejected", bytes.len());
+}
+
+#[test]
+fn poisoned_after_error() {
+    let mut bytes = sample_stream();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    let mut r = SliceReader::new(&bytes, Limits::default()).unwrap();
+    let mut err = None;
+    while err.is_none() {
+        match r.next() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("corrupt stream read to the end"),
+            Err(e) => err = Some(e),
+        }
+    }
+    assert_eq!(r.next().unwrap_err().kind(), ErrorKind::Usage);
+}
+
+// ---- hand-made hostile streams --------------------------------------------------
+
+fn stream_of(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut s = header_bytes();
+    for r in records {
+        s.extend_from_slice(r);
+    }
+    s
+}
+
+fn blocks_body(blocks: &[RamBlock]) -> Vec<u8> {
+    let mut w = StreamWriter::new(
+        Vec::new(),
+        Header::new(StreamKind::Snapshot, Arch::X86_64, 4096),
+        WriterOptions::default().with_index(false),
+    )
+    .unwrap();
+    w.write_ram_blocks(blocks).unwrap();
+    let bytes = w.finish().unwrap();
+    let start = header_bytes().len();
+    let len = u32::from_le_bytes(bytes[start + 4..start + 8].try_into().unwrap()) as usize;
+    bytes[start + 8..start + 8 + len].to_vec()
+}
+
+fn one_block() -> Vec<u8> {
+    frame(
+        5,
+        0,
+        &blocks_body(&[RamBlock {
+            id: 0,
+            name: "ram".into(),
+            size: 16 * 4096,
+            page_size: 4096,
+            flags: 0,
+        }]),
+    )
+}
+
+fn pages_body(
+    block: u32,
+    epoch: u32,
+    entries: &[(u64, u8)],
+    data: &[u8],
+    compression: u8,
+    raw_len: Option<u32>,
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&block.to_le_bytes());
+    b.extend_from_slice(&epoch.to_le_bytes());
+    b.push(compression);
+    b.extend_from_slice(&[0, 0, 0]);
+    b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    let ndata = entries.iter().filter(|e| e.1 == 2).count() as u32;
+    b.extend_from_slice(&raw_len.unwrap_or(ndata * 4096).to_le_bytes());
+    for &(i, k) in entries {
+        b.extend_from_slice(&((i << 8) | u64::from(k)).to_le_bytes());
+    }
+    b.extend_from_slice(data);
+    b
+}
+
+/// (file name, bytes, expected kind, message substring). Each is a vector in
+/// `testdata/bad/`.
+fn bad_vectors() -> Vec<(&'static str, Vec<u8>, ErrorKind, &'static str)> {
+    let sample = sample_stream();
+    let hdr = header_bytes();
+    let mut v = Vec::new();
+    let mut flipped = sample.clone();
+    let mid = hdr.len() + 20;
+    flipped[mid] ^= 0x04;
+    v.push((
+        "crc-mismatch.vms",
+        flipped,
+        ErrorKind::Malformed,
+        "checksum mismatch",
+    ));
+    v.push((
+        "truncated.vms",
+        sample[..sample.len() - 40].to_vec(),
+        ErrorKind::Malformed,
+        "truncated",
+    ));
+    let mut magic = sample.clone();
+    magic[4] = b'\n';
+    v.push((
+        "text-mode-magic.vms",
+        magic,
+        ErrorKind::Malformed,
+        "bad magic",
+    ));
+    let mut major = Header::new(StreamKind::Snapshot, Arch::X86_64, 4096);
+    major.version_major = 2;
+    v.push((
+        "future-major-version.vms",
+        stream_of_raw(major.encode().unwrap(), &[]),
+        ErrorKind::Unsupported,
+        "format version 2",
+    ));
+    let mut req = Header::new(StreamKind::Snapshot, Arch::X86_64, 4096);
+    req.required_features = 1 << 40;
+    v.push((
+        "unknown-required-feature.vms",
+        stream_of_raw(req.encode().unwrap(), &[]),
+        ErrorKind::Unsupported,
+        "must-understand",
+    ));
+    v.push((
+        "unknown-mandatory-record.vms",
+        stream_of(&[frame(0x7777, 0, b"future"), end_record(1)]),
+        ErrorKind::Unsupported,
+        "unknown mandatory record kind 0x7777",
+    ));
+    let mut huge = 0x0004u16.to_le_bytes().to_vec();
+    huge.extend_from_slice(&0u16.to_le_bytes());
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    v.push((
+        "lying-record-length.vms",
+        stream_of(&[huge]),
+        ErrorKind::LimitExceeded,
+        "exceeds Limits::max_record_size",
+    ));
+    let mut deep = Vec::new();
+    for _ in 0..200 {
+        deep.push(0x11); // some(...)
+    }
+    deep.push(0x13);
+    v.push((
+        "deep-nesting.vms",
+        stream_of(&[frame(1, 0, &deep), end_record(1)]),
+        ErrorKind::LimitExceeded,
+        "nests deeper",
+    ));
+    v.push((
+        "undefined-name.vms",
+        stream_of(&[frame(1, 0, &[0x0f, 1, 9, 0x13]), end_record(1)]),
+        ErrorKind::Malformed,
+        "name id 9",
+    ));
+    v.push((
+        "names-gap.vms",
+        stream_of(&[frame(2, 0, &[3, 1, 1, b'x']), end_record(1)]),
+        ErrorKind::Malformed,
+        "starts at id 3",
+    ));
+    v.push((
+        "page-beyond-block.vms",
+        stream_of(&[
+            one_block(),
+            frame(6, 0, &pages_body(0, 0, &[(16, 1)], &[], 0, None)),
+            end_record(2),
+        ]),
+        ErrorKind::Malformed,
+        "beyond block",
+    ));
+    v.push((
+        "pages-not-rising.vms",
+        stream_of(&[
+            one_block(),
+            frame(6, 0, &pages_body(0, 0, &[(3, 1), (3, 1)], &[], 0, None)),
+            end_record(2),
+        ]),
+        ErrorKind::Malformed,
+        "not above",
+    ));
+    v.push((
+        "pages-undefined-block.vms",
+        stream_of(&[
+            frame(6, 0, &pages_body(7, 0, &[(0, 1)], &[], 0, None)),
+            end_record(1),
+        ]),
+        ErrorKind::Malformed,
+        "undefined RAM block 7",
+    ));
+    v.push((
+        "pages-raw-length-lies.vms",
+        stream_of(&[
+            one_block(),
+            frame(
+                6,
+                0,
+                &pages_body(0, 0, &[(0, 2)], &[0; 4096], 0, Some(8192)),
+            ),
+            end_record(2),
+        ]),
+        ErrorKind::Malformed,
+        "raw data length",
+    ));
+    v.push((
+        "zstd-garbage.vms",
+        stream_of(&[
+            one_block(),
+            frame(
+                6,
+                0,
+                &pages_body(0, 0, &[(0, 2)], b"not zstd at all", 1, None),
+            ),
+            end_record(2),
+        ]),
+        ErrorKind::Malformed,
+        "zstd",
+    ));
+    v.push((
+        "epoch-after-barrier.vms",
+        stream_of(&[
+            one_block(),
+            frame(7, 0, &5u32.to_le_bytes()),
+            frame(6, 0, &pages_body(0, 5, &[(0, 1)], &[], 0, None)),
+            end_record(3),
+        ]),
+        ErrorKind::Malformed,
+        "after the barrier",
+    ));
+    v.push((
+        "end-count-wrong.vms",
+        stream_of(&[one_block(), end_record(7)]),
+        ErrorKind::Malformed,
+        "records lost or added",
+    ));
+    v.push((
+        "missing-end.vms",
+        stream_of(&[one_block()]),
+        ErrorKind::Malformed,
+        "without an end record",
+    ));
+    v.push((
+        "reserved-flag.vms",
+        stream_of(&[frame(1, 0x8000, &[0x13]), end_record(1)]),
+        ErrorKind::Unsupported,
+        "unknown flag bits",
+    ));
+    v.push((
+        "kind-zero.vms",
+        stream_of(&[frame(0, 0, &[]), end_record(1)]),
+        ErrorKind::Malformed,
+        "kind 0 is invalid",
+    ));
+    let mut pad = frame(1, 0, &[0x13]);
+    pad[9] = 1;
+    let crc = vmstream_testkit::crc32c(&pad[..pad.len() - 4]);
+    let n = pad.len();
+    pad[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    v.push((
+        "nonzero-padding.vms",
+        stream_of(&[pad, end_record(1)]),
+        ErrorKind::Malformed,
+        "padding is not zero",
+    ));
+    v.push((
+        "bad-utf8-string.vms",
+        stream_of(&[frame(1, 0, &[0x0d, 2, 0xff, 0xfe]), end_record(1)]),
+        ErrorKind::Malformed,
+        "not UTF-8",
+    ));
+    v.push((
+        "bool-out-of-range.vms",
+        stream_of(&[frame(1, 0, &[0x01, 2]), end_record(1)]),
+        ErrorKind::Malformed,
+        "bool must be 0 or 1",
+    ));
+    v.push((
+        "overlong-varint.vms",
+        stream_of(&[frame(1, 0, &[0x0c, 0x80, 0x00]), end_record(1)]),
+        ErrorKind::Malformed,
+        "shortest form",
+    ));
+    let mut trailing = sample.clone();
+    trailing.extend_from_slice(&frame(1, 0, &[0x13]));
+    v.push((
+        "record-after-end.vms",
+        trailing,
+        ErrorKind::Malformed,
+        "after the end record",
+    ));
+    v
+}
+
+fn stream_of_raw(header: Vec<u8>, records: &[Vec<u8>]) -> Vec<u8> {
+    let mut s = header;
+    for r in records {
+        s.extend_from_slice(r);
+    }
+    s
+}
+
+#[test]
+fn bad_vectors_give_their_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/bad");
+    let bless = std::env::var_os("VMSTREAM_BLESS").is_some();
+    let mut table = String::from(
+        "# Bad-input vectors\n\nEach file is a malformed stream; every reader must fail with the error kind below and a\n\
+         message containing the text shown (checked by `crates/vmstream/tests/stream.rs`, which also\n\
+         regenerates these files with `VMSTREAM_BLESS=1`).\n\n| file | kind | message contains |\n| --- | --- | --- |\n",
+    );
+    for (name, bytes, kind, needle) in bad_vectors() {
+        for e in [
+            read_slice(&bytes, Limits::default()).expect_err(name),
+            read_stream(&bytes, 3, Limits::default()).expect_err(name),
+            read_push(&bytes, &[5], Limits::default()).expect_err(name),
+        ] {
+            assert_eq!(e.kind(), kind, "{name}: {e}");
+            assert!(
+                e.to_string().contains(needle),
+                "{name}: {e:?} lacks {needle:?}"
+            );
+        }
+        table.push_str(&format!("| `{name}` | {kind} | {needle} |\n"));
+        let path = dir.join(name);
+        if bless {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        } else {
+            assert_eq!(
+                std::fs::read(&path).unwrap_or_else(|_| panic!("missing {}", path.display())),
+                bytes,
+                "{name} is stale; bless"
+            );
+        }
+    }
+    if bless {
+        std::fs::write(dir.join("README.md"), table).unwrap();
+    }
+}
+
+#[test]
+fn unknown_optional_record_is_skipped() {
+    let s = stream_of(&[frame(0x4242, 1, b"later"), end_record(1)]);
+    let recs = all_readers_agree(&s);
+    assert!(recs[0].contains("other 0x4242"), "{recs:?}");
+}
+
+#[test]
+fn small_limits_refuse_before_allocating() {
+    let bytes = sample_stream();
+    let tiny = Limits::default().with_max_record_size(1024);
+    let e = read_slice(&bytes, tiny).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::LimitExceeded);
+    // a seq claiming many elements with few bytes
+    let mut body = vec![0x0e];
+    body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    body.extend_from_slice(&[0x13; 64]);
+    let s = stream_of(&[frame(1, 0, &body), end_record(1)]);
+    let e = read_slice(&s, Limits::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Malformed);
+    assert!(e.message().contains("exceeds"), "{e}");
+}
+
+// ---- property tests -------------------------------------------------------------
+
+fn arb_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        any::<bool>().prop_map(Value::Bool),
+        any::<u8>().prop_map(Value::U8),
+        any::<u16>().prop_map(Value::U16),
+        any::<u32>().prop_map(Value::U32),
+        any::<u64>().prop_map(Value::U64),
+        any::<i8>().prop_map(Value::I8),
+        any::<i16>().prop_map(Value::I16),
+        any::<i32>().prop_map(Value::I32),
+        any::<i64>().prop_map(Value::I64),
+        any::<u32>().prop_map(|b| Value::F32(f32::from_bits(b))),
+        any::<u64>().prop_map(|b| Value::F64(f64::from_bits(b))),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
+        ".{0,12}".prop_map(Value::String),
+        Just(Value::Unit),
+        Just(Value::Option(None)),
+    ];
+    leaf.prop_recursive(5, 64, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Seq),
+            proptest::collection::btree_map("[a-z_]{1,8}", inner.clone(), 0..6)
+                .prop_map(|m| Value::Struct(m.into_iter().collect())),
+            inner.clone().prop_map(|v| Value::Option(Some(Box::new(v)))),
+            ("[A-Z][a-z]{0,6}", inner.clone()).prop_map(|(n, v)| Value::Enum(n, Box::new(v))),
+            proptest::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
+        ]
+    })
+}
+
+/// Bit-exact comparison (NaN-safe).
+fn same(a: &Value, b: &Value) -> bool {
+    format!("{a:?}") == format!("{b:?}") && a.to_json() == b.to_json()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn value_binary_round_trip(v in arb_value()) {
+        let mut names = vmstream::value::NameTable::new();
+        let mut out = Vec::new();
+        vmstream::value::encode(&v, &mut names, &mut out);
+        let back = vmstream::value::decode(&out, 0, &names, &Limits::default()).unwrap();
+        prop_assert!(same(&v, &back));
+    }
+
+    #[test]
+    fn value_json_round_trip(v in arb_value()) {
+        let j = v.to_json();
+        let back = Value::from_json(&j).unwrap();
+        prop_assert!(same(&v, &back));
+        let text = serde_json::to_string(&j).unwrap();
+        let reparsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(Value::from_json(&reparsed).unwrap().to_json(), j);
+    }
+
+    #[test]
+    fn whole_streams_round_trip(
+        devices in proptest::collection::vec(arb_value(), 0..4),
+        pages in proptest::collection::vec((0u64..32, 0u8..3, any::<u8>()), 0..40),
+        compression in 0u8..3,
+        index in any::<bool>(),
+        batch in 1u32..8,
+    ) {
+        let c = [Compression::None, Compression::Zstd(1), Compression::Lz4][compression as usize];
+        let options = WriterOptions::default().with_compression(c).with_index(index).with_batch_pages(batch);
+        let mut w = StreamWriter::new(Vec::new(), Header::new(StreamKind::Live, Arch::Aarch64, 4096), options).unwrap();
+        w.write_ram_blocks(&[RamBlock { id: 3, name: "ram".into(), size: 32 * 4096, page_size: 4096, flags: 0 }]).unwrap();
+        let mut expect = vec![None::<Vec<u8>>; 32];
+        for (i, &(idx, kind, fill)) in pages.iter().enumerate() {
+            let data = if kind == 0 { vec![0u8; PAGE] } else { vec![fill | 1; PAGE] };
+            w.write_page(3, (i / 10) as u32, idx, &data).unwrap();
+            expect[idx as usize] = Some(data);
+        }
+        for (i, d) in devices.iter().enumerate() {
+            w.write_device(&vmstream::DeviceState { name: format!("dev{i}"), instance_id: i as u32, type_name: "t".into(), version: 1, value: d.clone() }).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        let recs = all_readers_agree(&bytes);
+        // replay pages and devices from the slice reader
+        let mut r = SliceReader::new(&bytes, Limits::default()).unwrap();
+        let mut got = vec![None::<Vec<u8>>; 32];
+        let mut devs = Vec::new();
+        while let Some(item) = r.next().unwrap() {
+            match item.record {
+                Record::Pages(b) => for p in b.pages() { got[p.index as usize] = Some(p.data.map_or_else(|| vec![0; PAGE], <[u8]>::to_vec)); },
+                Record::Device(d) => devs.push(d.value),
+                _ => {}
+            }
+        }
+        prop_assert_eq!(got, expect);
+        prop_assert_eq!(devs.len(), devices.len());
+        for (a, b) in devs.iter().zip(&devices) { prop_assert!(same(a, b)); }
+        prop_assert!(!recs.is_empty());
+    }
+
+    #[test]
+    fn push_decoder_any_split(sizes in proptest::collection::vec(1usize..5000, 1..20)) {
+        let bytes = sample_stream();
+        let whole = read_push(&bytes, &[usize::MAX], Limits::default()).unwrap();
+        prop_assert_eq!(read_push(&bytes, &sizes, Limits::default()).unwrap(), whole);
+    }
+
+    #[test]
+    fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512), cut in 0usize..75_000, flip in any::<u8>()) {
+        let _ = read_slice(&data, Limits::default());
+        let mut s = sample_stream();
+        let i = cut % s.len();
+        s[i] = s[i].wrapping_add(flip);
+        let _ = read_push(&s, &[97], Limits::default());
+    }
+}
+
+#[test]
+fn writer_is_canonical() {
+    assert_eq!(sample_stream(), sample_stream());
+}
