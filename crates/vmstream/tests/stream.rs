@@ -2,6 +2,8 @@
 //! same events, every corruption and truncation is an error, hostile inputs hit
 //! limits instead of memory, and the bad-input vectors give their documented errors.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns build known-good fixtures
+
 use std::io::Read;
 
 use proptest::prelude::*;
@@ -25,13 +27,7 @@ fn render(item: &Item<'_>) -> String {
         Record::Pages(b) => {
             let pages: Vec<String> = b
                 .pages()
-                .map(|p| {
-                    format!(
-                        "{}:{}",
-                        p.index,
-                        p.data.map_or(0, |d| vmstream_testkit::crc32c(d))
-                    )
-                })
+                .map(|p| format!("{}:{}", p.index, p.data.map_or(0, vmstream_testkit::crc32c)))
                 .collect();
             format!("pages {} e{} [{}]", b.block, b.epoch, pages.join(" "))
         }
@@ -373,10 +369,7 @@ fn bad_vectors() -> Vec<(&'static str, Vec<u8>, ErrorKind, &'static str)> {
         ErrorKind::LimitExceeded,
         "exceeds Limits::max_record_size",
     ));
-    let mut deep = Vec::new();
-    for _ in 0..200 {
-        deep.push(0x11); // some(...)
-    }
+    let mut deep = vec![0x11; 200]; // some(some(...))
     deep.push(0x13);
     v.push((
         "deep-nesting.vms",
