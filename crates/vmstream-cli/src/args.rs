@@ -18,6 +18,11 @@ pub(crate) struct Cli {
     /// Most memory one decoded record may take, in MiB.
     #[arg(long, global = true, default_value_t = 256, value_name = "MIB")]
     pub(crate) max_alloc_mib: u64,
+
+    /// Device description for QEMU streams that carry none (machine types up to
+    /// 2.2, postcopy): a twin QEMU stream with a vmdesc trailer, or its JSON.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) vmdesc: Option<PathBuf>,
 }
 
 impl Cli {
@@ -44,6 +49,32 @@ pub(crate) enum Command {
     Extract(ExtractArgs),
     /// Devices, fields and pages that differ between two streams.
     Diff(DiffArgs),
+    /// Convert between QEMU's migration stream and vmstream (lossless both ways).
+    Convert(ConvertArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConvertArgs {
+    /// Input stream (format detected), or `-` for standard input.
+    pub(crate) input: PathBuf,
+    /// Output stream, or `-` for standard output.
+    pub(crate) output: PathBuf,
+    /// Output format (default: the other one).
+    #[arg(long, value_enum)]
+    pub(crate) to: Option<Target>,
+    /// Fold re-sent pages into the final memory image and drop superseded RAM
+    /// rounds (the result loads into QEMU with the same guest memory).
+    #[arg(long)]
+    pub(crate) compact: bool,
+    /// Compression of vmstream page batches.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub(crate) compression: CompressionArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Target {
+    Vmstream,
+    Qemu,
 }
 
 #[derive(Debug, Args)]

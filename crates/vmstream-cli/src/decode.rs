@@ -12,12 +12,11 @@ use serde_json::{json, Value as Json};
 use vmstream::record::SchemaRecord;
 use vmstream::write::is_zero;
 use vmstream::{
-    Arch, DeviceState, Header, Limits, RamBlock, Record, StreamKind, StreamWriter, Value,
-    WriterOptions,
+    Arch, DeviceState, Header, RamBlock, Record, StreamKind, StreamWriter, Value, WriterOptions,
 };
 
 use crate::args::{DecodeArgs, EncodeArgs, ExtractArgs};
-use crate::input;
+use crate::input::{self, Opts};
 
 /// Version of the `stream.json` layout written by `decode`.
 const DECODE_LAYOUT: u64 = 1;
@@ -150,9 +149,9 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn decode(args: &DecodeArgs, limits: Limits) -> Result<ExitCode> {
+pub(crate) fn decode(args: &DecodeArgs, opts: &Opts) -> Result<ExitCode> {
     prepare_dir(&args.out)?;
-    let (format, mut r) = input::records(&args.file, limits)?;
+    let (format, mut r) = input::records(&args.file, opts)?;
     let h = r.header().clone();
     let mut ram = RamFiles::new(&args.out, h.page_size);
     let mut info = Json::Null;
@@ -344,9 +343,9 @@ pub(crate) fn encode(args: &EncodeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn extract(args: &ExtractArgs, limits: Limits) -> Result<ExitCode> {
+pub(crate) fn extract(args: &ExtractArgs, opts: &Opts) -> Result<ExitCode> {
     prepare_dir(&args.out)?;
-    let (_, mut r) = input::records(&args.file, limits)?;
+    let (_, mut r) = input::image_records(&args.file, opts)?;
     let mut ram = RamFiles::new(&args.out, r.header().page_size);
     while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
         match item.record {

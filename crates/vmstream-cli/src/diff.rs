@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use vmstream::{DeviceState, Limits, Record, Value};
+use vmstream::{DeviceState, Record, Value};
 
 use crate::args::DiffArgs;
-use crate::input;
+use crate::input::{self, Opts};
 
 /// The final state of a stream: devices and a fingerprint of every page.
 struct Snapshot {
@@ -28,8 +28,8 @@ fn fingerprint(data: &[u8]) -> u64 {
     fp.max(1)
 }
 
-fn load(path: &Path, limits: Limits) -> Result<Snapshot> {
-    let (_, mut r) = input::records(path, limits)?;
+fn load(path: &Path, opts: &Opts) -> Result<Snapshot> {
+    let (_, mut r) = input::image_records(path, opts)?;
     let page_size = u64::from(r.header().page_size);
     let mut snap = Snapshot {
         devices: BTreeMap::new(),
@@ -98,9 +98,9 @@ fn show(v: &Option<Value>) -> String {
     }
 }
 
-pub(crate) fn diff(args: &DiffArgs, limits: Limits) -> Result<ExitCode> {
-    let a = load(&args.a, limits)?;
-    let b = load(&args.b, limits)?;
+pub(crate) fn diff(args: &DiffArgs, opts: &Opts) -> Result<ExitCode> {
+    let a = load(&args.a, opts)?;
+    let b = load(&args.b, opts)?;
     let mut device_diffs = Vec::new();
     let mut text = Vec::new();
     for (key, da) in &a.devices {

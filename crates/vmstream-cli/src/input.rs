@@ -1,13 +1,58 @@
-//! Opening inputs: files or stdin, in vmstream or QEMU format.
+//! Opening inputs: files or stdin, in vmstream or QEMU format. QEMU streams are
+//! converted to vmstream on the fly, in a thread feeding a pipe, so every
+//! command reads one format.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
-use vmstream::{Limits, StreamReader};
+use vmstream::header::FEATURE_QEMU_FRAMING;
+use vmstream::{Limits, StreamReader, WriterOptions};
+use vmstream_qemu::ConvertOptions;
 
 use crate::progress::ProgressReader;
+
+/// What every command needs to open its inputs.
+#[derive(Debug, Clone)]
+pub(crate) struct Opts {
+    pub(crate) limits: Limits,
+    /// A device description for QEMU streams without one (`--vmdesc`).
+    pub(crate) vmdesc: Option<PathBuf>,
+}
+
+impl Opts {
+    /// Conversion options for the QEMU stream at `path`: the vmdesc read ahead
+    /// from the file's own trailer when it is seekable, else from `--vmdesc`.
+    pub(crate) fn convert_options(&self, path: &Path, compact: bool) -> Result<ConvertOptions> {
+        let mut opts = ConvertOptions {
+            limits: self.limits,
+            writer: WriterOptions::default(),
+            compact,
+            vmdesc: None,
+        };
+        if path.as_os_str() != "-" {
+            let mut f =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            if f.metadata()?.is_file() {
+                if let Some(json) = vmstream_qemu::read_trailer(&mut f)? {
+                    opts.vmdesc = Some((json, true));
+                }
+            }
+        }
+        if opts.vmdesc.is_none() {
+            if let Some(twin) = &self.vmdesc {
+                let data = std::fs::read(twin)
+                    .with_context(|| format!("cannot read {}", twin.display()))?;
+                let json = vmstream_qemu::vmdesc_from(&data)
+                    .with_context(|| twin.display().to_string())?;
+                opts.vmdesc = Some((json, false));
+            }
+        }
+        Ok(opts)
+    }
+}
 
 /// Input formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +90,7 @@ pub(crate) fn open(path: &Path) -> Result<(Format, Input)> {
     let prefix = input
         .fill_buf()
         .with_context(|| format!("cannot read {what}"))?;
-    let format = if prefix.starts_with(b"QEVM") {
+    let format = if prefix.starts_with(&vmstream_qemu::MAGIC) {
         Format::Qemu
     } else {
         Format::Vmstream
@@ -54,17 +99,101 @@ pub(crate) fn open(path: &Path) -> Result<(Format, Input)> {
 }
 
 /// A vmstream record reader over any input; QEMU streams are converted on the fly.
-pub(crate) fn records(path: &Path, limits: Limits) -> Result<(Format, StreamReader<Input>)> {
-    let (format, input) = open(path)?;
-    let input = match format {
+pub(crate) fn records(path: &Path, opts: &Opts) -> Result<(Format, StreamReader<Input>)> {
+    open_records(path, opts, false)
+}
+
+/// Like [`records`], for commands that want the final memory image: streams
+/// from QEMU are compacted on the way, so XBZRLE and compressed pages arrive
+/// decoded and re-sent pages only once.
+pub(crate) fn image_records(path: &Path, opts: &Opts) -> Result<(Format, StreamReader<Input>)> {
+    open_records(path, opts, true)
+}
+
+fn open_records(path: &Path, opts: &Opts, image: bool) -> Result<(Format, StreamReader<Input>)> {
+    let (format, mut input) = open(path)?;
+    let what = path.display().to_string();
+    input = match format {
+        Format::Qemu => {
+            let copts = opts.convert_options(path, image)?;
+            convert_in_thread(input, move |i, o| {
+                vmstream_qemu::qemu_to_vmstream(i, o, &copts).map(drop)
+            })?
+        }
+        Format::Vmstream if image && is_qemu_framed(&mut input) => {
+            let copts = opts.convert_options(path, true)?;
+            convert_in_thread(input, move |i, o| {
+                vmstream_qemu::vmstream_to_vmstream(i, o, &copts).map(drop)
+            })?
+        }
         Format::Vmstream => input,
-        Format::Qemu => qemu_as_vmstream(input)?,
     };
-    let reader = StreamReader::new(input, limits)
-        .with_context(|| format!("{}: cannot read the stream header", path.display()))?;
+    let reader = StreamReader::new(input, opts.limits)
+        .with_context(|| format!("{what}: cannot read the stream header"))?;
     Ok((format, reader))
 }
 
-fn qemu_as_vmstream(_input: Input) -> Result<Input> {
-    anyhow::bail!("QEMU streams are not supported by this build")
+/// Whether a vmstream input carries QEMU framing (peeks at its header).
+fn is_qemu_framed(input: &mut Input) -> bool {
+    let Ok(prefix) = input.fill_buf() else {
+        return false;
+    };
+    // optional feature flags: u64 LE at offset 24 of the header (docs/format.md §2)
+    prefix
+        .get(24..32)
+        .and_then(|b| b.try_into().ok())
+        .is_some_and(|b| u64::from_le_bytes(b) & FEATURE_QEMU_FRAMING != 0)
 }
+
+type Job = Box<dyn FnOnce(Input, std::io::PipeWriter) -> vmstream::Result<()> + Send>;
+
+/// Runs `job(input, pipe)` in a thread and returns the pipe's reading end. The
+/// job's error, if any, is what the reader gets at the end of the pipe.
+fn convert_in_thread(
+    input: Input,
+    job: impl FnOnce(Input, std::io::PipeWriter) -> vmstream::Result<()> + Send + 'static,
+) -> Result<Input> {
+    let (r, w) = std::io::pipe().context("cannot create a pipe")?;
+    let job: Job = Box::new(job);
+    let handle = std::thread::spawn(move || job(input, w));
+    Ok(Box::new(BufReader::with_capacity(
+        1 << 20,
+        Converted {
+            pipe: r,
+            handle: Some(handle),
+        },
+    )))
+}
+
+struct Converted {
+    pipe: std::io::PipeReader,
+    handle: Option<JoinHandle<vmstream::Result<()>>>,
+}
+
+impl Read for Converted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.pipe.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            if let Some(h) = self.handle.take() {
+                match h.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(std::io::Error::other(ConversionError(e))),
+                    Err(_) => return Err(std::io::Error::other("the conversion thread panicked")),
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A conversion error passed through the pipe reader.
+#[derive(Debug)]
+pub(crate) struct ConversionError(pub(crate) vmstream::Error);
+
+impl std::fmt::Display for ConversionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QEMU stream: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConversionError {}

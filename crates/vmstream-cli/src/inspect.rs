@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde_json::json;
 use vmstream::header::{FEATURE_INDEX, FEATURE_LZ4, FEATURE_QEMU_FRAMING, FEATURE_ZSTD};
-use vmstream::{Header, Limits, Record};
+use vmstream::{Header, Record};
 
 use crate::args::{DumpArgs, InspectArgs, VerifyArgs};
-use crate::input::{self, Format};
+use crate::input::{self, Format, Opts};
 
 /// What `inspect` reports about one RAM block.
 #[derive(Default)]
@@ -45,8 +45,8 @@ struct Summary {
     info: Option<vmstream::Value>,
 }
 
-fn summarize(path: &std::path::Path, limits: Limits) -> Result<Summary> {
-    let (format, mut r) = input::records(path, limits)?;
+fn summarize(path: &std::path::Path, opts: &Opts) -> Result<Summary> {
+    let (format, mut r) = input::records(path, opts)?;
     let header = r.header().clone();
     let page_size = u64::from(header.page_size);
     let mut s = Summary {
@@ -128,8 +128,8 @@ fn feature_names(bits: u64, names: &[(u64, &str)]) -> Vec<String> {
     out
 }
 
-pub(crate) fn inspect(args: &InspectArgs, limits: Limits) -> Result<ExitCode> {
-    let s = summarize(&args.file, limits)?;
+pub(crate) fn inspect(args: &InspectArgs, opts: &Opts) -> Result<ExitCode> {
+    let s = summarize(&args.file, opts)?;
     let required = feature_names(
         s.header.required_features,
         &[(FEATURE_ZSTD, "zstd"), (FEATURE_LZ4, "lz4")],
@@ -265,8 +265,8 @@ fn count(states: &[u8], want: u8) -> usize {
     states.iter().filter(|&&s| s == want).count()
 }
 
-pub(crate) fn dump(args: &DumpArgs, limits: Limits) -> Result<ExitCode> {
-    let (_, mut r) = input::records(&args.file, limits)?;
+pub(crate) fn dump(args: &DumpArgs, opts: &Opts) -> Result<ExitCode> {
+    let (_, mut r) = input::records(&args.file, opts)?;
     let out = &mut std::io::stdout().lock();
     let mut devices = Vec::new();
     let mut matched = 0usize;
@@ -309,8 +309,8 @@ pub(crate) fn dump(args: &DumpArgs, limits: Limits) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn verify(args: &VerifyArgs, limits: Limits) -> Result<ExitCode> {
-    let (format, mut r) = input::records(&args.file, limits)?;
+pub(crate) fn verify(args: &VerifyArgs, opts: &Opts) -> Result<ExitCode> {
+    let (format, mut r) = input::records(&args.file, opts)?;
     let mut schemas: BTreeMap<(String, u32), vmstream::Value> = BTreeMap::new();
     let mut devices = 0u64;
     let mut pages = 0u64;

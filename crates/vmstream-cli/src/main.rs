@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod convert;
 mod decode;
 mod diff;
 mod input;
@@ -35,15 +36,20 @@ fn main() -> ExitCode {
 
 fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
     use args::Command;
-    let limits = cli.limits();
+    let opts = input::Opts {
+        limits: cli.limits(),
+        vmdesc: cli.vmdesc.clone(),
+    };
+    let opts = &opts;
     match cli.command {
-        Command::Inspect(a) => inspect::inspect(&a, limits),
-        Command::Dump(a) => inspect::dump(&a, limits),
-        Command::Verify(a) => inspect::verify(&a, limits),
-        Command::Decode(a) => decode::decode(&a, limits),
+        Command::Inspect(a) => inspect::inspect(&a, opts),
+        Command::Dump(a) => inspect::dump(&a, opts),
+        Command::Verify(a) => inspect::verify(&a, opts),
+        Command::Decode(a) => decode::decode(&a, opts),
         Command::Encode(a) => decode::encode(&a),
-        Command::Extract(a) => decode::extract(&a, limits),
-        Command::Diff(a) => diff::diff(&a, limits),
+        Command::Extract(a) => decode::extract(&a, opts),
+        Command::Diff(a) => diff::diff(&a, opts),
+        Command::Convert(a) => convert::convert(&a, opts),
     }
 }
 

@@ -221,7 +221,20 @@ impl<W: Write> StreamWriter<W> {
     /// Adds one page to the current batch; the batch is written when full, or
     /// when the block or epoch changes, or the page index does not rise.
     pub fn write_page(&mut self, block: u32, epoch: u32, index: u64, data: &[u8]) -> Result<()> {
-        self.check_page(block, index, data)?;
+        self.check_page(block, index, Some(data))?;
+        let zero = self.options.zero_pages && is_zero(data);
+        self.push_page(block, epoch, index, (!zero).then_some(data))
+    }
+
+    /// Adds a zero page (an entry with no data) to the current batch, whatever
+    /// [`WriterOptions::with_zero_pages`] says: for writers that know a page is
+    /// zero without looking at it, or must keep a sender's own zero marks.
+    pub fn write_zero_page(&mut self, block: u32, epoch: u32, index: u64) -> Result<()> {
+        self.check_page(block, index, None)?;
+        self.push_page(block, epoch, index, None)
+    }
+
+    fn push_page(&mut self, block: u32, epoch: u32, index: u64, data: Option<&[u8]>) -> Result<()> {
         let p = &self.pending;
         let restart = !p.entries.is_empty()
             && (p.block != block
@@ -232,9 +245,8 @@ impl<W: Write> StreamWriter<W> {
         }
         self.pending.block = block;
         self.pending.epoch = epoch;
-        let zero = self.options.zero_pages && is_zero(data);
-        self.pending.entries.push((index, !zero));
-        if !zero {
+        self.pending.entries.push((index, data.is_some()));
+        if let Some(data) = data {
             self.pending.data.extend_from_slice(data);
         }
         Ok(())
@@ -255,7 +267,7 @@ impl<W: Write> StreamWriter<W> {
         let mut last = None;
         let mut entries = Vec::with_capacity(pages.len());
         for &(index, data) in pages {
-            self.check_page(block, index, data)?;
+            self.check_page(block, index, Some(data))?;
             if last.is_some_and(|l| index <= l) {
                 return Err(Error::usage("page indexes in a batch must rise"));
             }
@@ -346,7 +358,7 @@ impl<W: Write> StreamWriter<W> {
         Ok(self.out)
     }
 
-    fn check_page(&self, block: u32, index: u64, data: &[u8]) -> Result<()> {
+    fn check_page(&self, block: u32, index: u64, data: Option<&[u8]>) -> Result<()> {
         if self.finished {
             return Err(Error::usage("stream already finished"));
         }
@@ -363,14 +375,14 @@ impl<W: Write> StreamWriter<W> {
         if index >= 1 << 56 {
             return Err(Error::usage("page index needs more than 56 bits"));
         }
-        if data.len() != self.header.page_size as usize {
-            return Err(Error::usage(format!(
+        match data {
+            Some(d) if d.len() != self.header.page_size as usize => Err(Error::usage(format!(
                 "page data is {} bytes; the page size is {}",
-                data.len(),
+                d.len(),
                 self.header.page_size
-            )));
+            ))),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn emit_batch(

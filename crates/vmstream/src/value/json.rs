@@ -198,7 +198,7 @@ pub fn hex(b: &[u8]) -> String {
 /// Parses hex (either case) into bytes.
 pub fn unhex(s: &str) -> Result<Vec<u8>> {
     let err = || Error::malformed("JSON value: bytes must be an even-length hex string");
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(err());
     }
     s.as_bytes()
