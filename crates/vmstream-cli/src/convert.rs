@@ -1,6 +1,5 @@
 //! `vmstream convert`: QEMU <-> vmstream, in files or pipes.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
@@ -25,13 +24,21 @@ pub(crate) fn convert(args: &ConvertArgs, opts: &Opts) -> Result<ExitCode> {
     copts.writer = copts
         .writer
         .with_compression(args.compression.to_compression());
+    // A file output is written under a temporary name and renamed when complete,
+    // so a failed conversion leaves no partial stream (and an old file intact).
+    let mut partial = None;
     let out: Box<dyn Write> = if args.output.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(
-            File::create(&args.output)
-                .with_context(|| format!("cannot create {}", args.output.display()))?,
-        )
+        let dir = match args.output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        let tmp = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        let f = tmp.reopen()?;
+        partial = Some(tmp);
+        Box::new(f)
     };
     let out = BufWriter::with_capacity(1 << 20, out);
     let what = args.input.display();
@@ -65,5 +72,10 @@ pub(crate) fn convert(args: &ConvertArgs, opts: &Opts) -> Result<ExitCode> {
         }
     };
     out.flush()?;
+    drop(out);
+    if let Some(tmp) = partial {
+        tmp.persist(&args.output)
+            .with_context(|| format!("cannot create {}", args.output.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }

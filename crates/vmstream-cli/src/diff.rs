@@ -65,26 +65,28 @@ fn load(path: &Path, opts: &Opts) -> Result<Snapshot> {
     Ok(snap)
 }
 
-/// Leaf paths whose values differ: (path, old, new); `None` = absent.
+/// Leaf paths whose values differ: (path, old, new); `None` = absent. A path
+/// can occur more than once (QEMU names fields like `channels[0].x` next to an
+/// array `channels`), so leaves pair up by path and occurrence.
 fn value_diff(a: &Value, b: &Value) -> Vec<(String, Option<Value>, Option<Value>)> {
     let mut left: Vec<(String, Value)> = Vec::new();
     a.walk_leaves(&mut |p, v| left.push((p.to_owned(), v.clone())));
-    let mut right: BTreeMap<String, Value> = BTreeMap::new();
+    let mut right: BTreeMap<String, std::collections::VecDeque<Value>> = BTreeMap::new();
     let mut order = Vec::new();
     b.walk_leaves(&mut |p, v| {
         order.push(p.to_owned());
-        right.insert(p.to_owned(), v.clone());
+        right.entry(p.to_owned()).or_default().push_back(v.clone());
     });
     let mut out = Vec::new();
     for (p, v) in left {
-        match right.remove(&p) {
+        match right.get_mut(&p).and_then(|q| q.pop_front()) {
             Some(w) if w == v => {}
             Some(w) => out.push((p, Some(v), Some(w))),
             None => out.push((p, Some(v), None)),
         }
     }
     for p in order {
-        if let Some(w) = right.remove(&p) {
+        if let Some(w) = right.get_mut(&p).and_then(|q| q.pop_front()) {
             out.push((p, None, Some(w)));
         }
     }

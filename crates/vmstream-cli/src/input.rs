@@ -192,7 +192,7 @@ pub(crate) struct ConversionError(pub(crate) vmstream::Error);
 
 impl std::fmt::Display for ConversionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QEMU stream: {}", self.0)
+        write!(f, "{}", self.0)
     }
 }
 

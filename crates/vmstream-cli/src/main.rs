@@ -28,7 +28,17 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let _ = std::io::stdout().flush();
-            eprintln!("vmstream: error: {err:#}");
+            // An on-the-fly QEMU conversion fails inside the pipe reader: show
+            // its own error, not the I/O error it had to travel as.
+            let conversion = err.chain().find_map(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .and_then(|inner| inner.downcast_ref::<input::ConversionError>())
+            });
+            match conversion {
+                Some(c) => eprintln!("vmstream: error: {err}: QEMU stream: {}", c.0),
+                None => eprintln!("vmstream: error: {err:#}"),
+            }
             ExitCode::from(1)
         }
     }

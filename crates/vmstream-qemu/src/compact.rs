@@ -236,7 +236,7 @@ impl<S: Sink> Sink for Compactor<S> {
                 if self.image.is_some() && !self.emitted {
                     return Err(Error::new(
                         ErrorKind::Unsupported,
-                        "unsupported: cannot compact a stream whose RAM has no section-end",
+                        "cannot compact a stream whose RAM has no section-end",
                     ));
                 }
                 self.inner.event(ev)

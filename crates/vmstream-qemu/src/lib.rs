@@ -159,7 +159,7 @@ pub fn vmdesc_from(data: &[u8]) -> Result<Vec<u8>> {
         let p = vmdesc::find_trailer(data).ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,
-                "unsupported: the twin stream has no vmdesc trailer either",
+                "the twin stream has no vmdesc trailer either",
             )
         })?;
         Ok(data[p + 5..].to_vec())

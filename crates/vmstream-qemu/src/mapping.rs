@@ -282,7 +282,7 @@ impl<R: Read> VmstreamSource<R> {
         if reader.header().optional_features & FEATURE_QEMU_FRAMING == 0 {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "unsupported: this vmstream stream was not converted from QEMU (no qemu-framing feature), so it has no QEMU stream to give back",
+                "this vmstream stream was not converted from QEMU (no qemu-framing feature), so it has no QEMU stream to give back",
             ));
         }
         Ok(VmstreamSource { reader })

@@ -109,7 +109,9 @@ impl<R: Read> QemuReader<R> {
     /// Reads the whole stream, handing every event to `sink`.
     pub fn run(mut self, sink: &mut dyn Sink) -> Result<Summary> {
         self.header(sink)?;
-        if let Some((json, true)) = self.supplied.take() {
+        if let Some((json, true)) = self.supplied.as_ref() {
+            let json = json.clone();
+            self.supplied = None;
             self.set_vmdesc(json, true, 0)?;
         }
         loop {
@@ -244,7 +246,7 @@ impl<R: Read> QemuReader<R> {
                             "mapped-ram" => {
                                 return Err(Error::new(
                                     ErrorKind::Unsupported,
-                                    "unsupported: mapped-ram streams (pages at fixed file offsets) are not read",
+                                    "mapped-ram streams (pages at fixed file offsets) are not read",
                                 )
                                 .at_offset(at))
                             }
@@ -258,7 +260,7 @@ impl<R: Read> QemuReader<R> {
                 other => {
                     return Err(Error::new(
                         ErrorKind::Unsupported,
-                        format!("unsupported: unknown configuration subsection {other:?}"),
+                        format!("unknown configuration subsection {other:?}"),
                     )
                     .at_offset(at))
                 }
@@ -336,10 +338,7 @@ impl<R: Read> QemuReader<R> {
             if kind == SectionKind::Start && !ram {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
-                    format!(
-                        "unsupported: iterative section {:?} (only \"ram\" is read)",
-                        h.idstr
-                    ),
+                    format!("iterative section {:?} (only \"ram\" is read)", h.idstr),
                 )
                 .at_offset(at));
             }
@@ -414,7 +413,7 @@ impl<R: Read> QemuReader<R> {
                 FLAG_HOOK => {
                     return Err(Error::new(
                         ErrorKind::Unsupported,
-                        "unsupported: RDMA hook record in a RAM section",
+                        "RDMA hook record in a RAM section",
                     )
                     .at_offset(at))
                 }
@@ -432,16 +431,14 @@ impl<R: Read> QemuReader<R> {
 
     fn mem_size(&mut self, hdr: u64, at: u64, sink: &mut dyn Sink) -> Result<()> {
         if !self.blocks.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "unsupported: a second RAM block list",
-            )
-            .at_offset(at));
+            return Err(
+                Error::new(ErrorKind::Unsupported, "a second RAM block list").at_offset(at),
+            );
         }
         if self.postcopy_huge {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "unsupported: postcopy stream with huge-page RAM blocks (the per-block page size fields cannot be told apart)",
+                "postcopy stream with huge-page RAM blocks (the per-block page size fields cannot be told apart)",
             )
             .at_offset(at));
         }
@@ -623,7 +620,7 @@ impl<R: Read> QemuReader<R> {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "unsupported: vmdesc page size {} differs from the stream's {}",
+                    "vmdesc page size {} differs from the stream's {}",
                     d.page_size, self.page_size
                 ),
             ));
@@ -744,14 +741,17 @@ impl<R: Read> QemuReader<R> {
             Some(v) => v,
             None => {
                 let len = self.footer_scan(id)?.ok_or_else(|| {
-                    let kind = if desc.is_some() { ErrorKind::Malformed } else { ErrorKind::Unsupported };
-                    Error::new(
-                        kind,
-                        format!(
-                            "{}no device description ({why}, and without section footers the body cannot be delimited; pass --vmdesc with a twin stream)",
-                            if desc.is_some() { "" } else { "unsupported: " }
-                        ),
-                    )
+                    if desc.is_some() {
+                        Error::new(
+                            ErrorKind::Malformed,
+                            format!("the vmdesc does not describe this section ({why}), and without a section footer its end cannot be found"),
+                        )
+                    } else {
+                        Error::new(
+                            ErrorKind::Unsupported,
+                            format!("no device description ({why}, and the section has no footer to delimit it; pass --vmdesc with a twin stream)"),
+                        )
+                    }
                     .at_offset(body_at)
                 })?;
                 if len > max {
