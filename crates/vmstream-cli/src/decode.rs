@@ -38,6 +38,9 @@ struct RamFiles {
     blocks: BTreeMap<u32, BlockFile>,
     used_names: HashSet<String>,
     zeros: Vec<u8>,
+    run: Vec<u8>,
+    /// Block of the last page seen, for QEMU records that leave their block out.
+    last_block: Option<u32>,
 }
 
 impl RamFiles {
@@ -48,6 +51,8 @@ impl RamFiles {
             blocks: BTreeMap::new(),
             used_names: HashSet::new(),
             zeros: vec![0; page_size as usize],
+            run: Vec::new(),
+            last_block: None,
         }
     }
 
@@ -82,12 +87,27 @@ impl RamFiles {
         let Some(bf) = self.blocks.get_mut(&batch.block) else {
             bail!("page batch for unknown RAM block {}", batch.block);
         };
+        self.last_block = Some(batch.block);
+        // Runs of consecutive data pages go out in one write.
+        let ps = self.page_size;
+        let mut run_start = 0u64;
+        self.run.clear();
         for p in batch.pages() {
             let (word, bit) = ((p.index / 64) as usize, p.index % 64);
-            let at = p.index * self.page_size;
+            let at = p.index * ps;
+            let contiguous = !self.run.is_empty() && run_start + self.run.len() as u64 == at;
+            if !self.run.is_empty()
+                && (!contiguous || p.data.is_none() || self.run.len() >= 1 << 20)
+            {
+                bf.file.write_all_at(&self.run, run_start)?;
+                self.run.clear();
+            }
             match p.data {
                 Some(d) => {
-                    bf.file.write_all_at(d, at)?;
+                    if self.run.is_empty() {
+                        run_start = at;
+                    }
+                    self.run.extend_from_slice(d);
                     if let Some(w) = bf.written.get_mut(word) {
                         *w |= 1 << bit;
                     }
@@ -101,6 +121,51 @@ impl RamFiles {
                     }
                 }
             }
+        }
+        if !self.run.is_empty() {
+            bf.file.write_all_at(&self.run, run_start)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a QEMU RAM record kept as it came (XBZRLE, compressed page,
+    /// non-zero fill) to the page it updates.
+    fn apply_qemu(&mut self, body: &[u8]) -> Result<()> {
+        let ps = self.page_size;
+        let (header, rest) = body.split_at_checked(8).context("short QEMU RAM record")?;
+        let header = u64::from_be_bytes(header.try_into()?);
+        let (name, payload) = match rest.split_first() {
+            Some((0, p)) => (None, p),
+            Some((_, r)) => {
+                let (&n, r) = r.split_first().context("short QEMU RAM record")?;
+                let (name, p) = r
+                    .split_at_checked(usize::from(n))
+                    .context("short QEMU RAM record")?;
+                (Some(name), p)
+            }
+            None => bail!("short QEMU RAM record"),
+        };
+        let Some(update) = vmstream_qemu::ram::page_update(header, payload, ps)? else {
+            return Ok(());
+        };
+        let block = match name {
+            Some(n) => self
+                .blocks
+                .iter()
+                .find(|(_, b)| b.block.name.as_bytes() == n)
+                .map(|(id, _)| *id),
+            None => self.last_block,
+        }
+        .context("QEMU RAM record of an unknown block")?;
+        self.last_block = Some(block);
+        let bf = self.blocks.get_mut(&block).context("unknown block")?;
+        let index = (header & !(ps - 1)) / ps;
+        let mut page = vec![0u8; ps as usize];
+        bf.file.read_exact_at(&mut page, index * ps)?;
+        vmstream_qemu::ram::apply(update, &mut page)?;
+        bf.file.write_all_at(&page, index * ps)?;
+        if let Some(w) = bf.written.get_mut((index / 64) as usize) {
+            *w |= 1 << (index % 64);
         }
         Ok(())
     }
@@ -345,7 +410,7 @@ pub(crate) fn encode(args: &EncodeArgs) -> Result<ExitCode> {
 
 pub(crate) fn extract(args: &ExtractArgs, opts: &Opts) -> Result<ExitCode> {
     prepare_dir(&args.out)?;
-    let (_, mut r) = input::image_records(&args.file, opts)?;
+    let (_, mut r) = input::records(&args.file, opts)?;
     let mut ram = RamFiles::new(&args.out, r.header().page_size);
     while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
         match item.record {
@@ -355,6 +420,10 @@ pub(crate) fn extract(args: &ExtractArgs, opts: &Opts) -> Result<ExitCode> {
                 }
             }
             Record::Pages(batch) => ram.apply(&batch)?,
+            Record::Other(raw) if raw.kind == vmstream_qemu::mapping::kinds::RAM_RECORD => {
+                ram.apply_qemu(raw.body)
+                    .with_context(|| format!("record {} at offset {:#x}", raw.index, raw.offset))?;
+            }
             _ => {}
         }
     }

@@ -267,7 +267,7 @@ fn count(states: &[u8], want: u8) -> usize {
 
 pub(crate) fn dump(args: &DumpArgs, opts: &Opts) -> Result<ExitCode> {
     let (_, mut r) = input::records(&args.file, opts)?;
-    let out = &mut std::io::stdout().lock();
+    let out = &mut std::io::BufWriter::new(std::io::stdout().lock());
     let mut devices = Vec::new();
     let mut matched = 0usize;
     while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
@@ -306,6 +306,7 @@ pub(crate) fn dump(args: &DumpArgs, opts: &Opts) -> Result<ExitCode> {
             anyhow::bail!("no device named {want:?} in {}", args.file.display());
         }
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
