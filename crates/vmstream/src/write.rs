@@ -204,18 +204,23 @@ impl<W: Write> StreamWriter<W> {
     pub fn write_ram_blocks(&mut self, blocks: &[RamBlock]) -> Result<()> {
         self.flush_pages()?;
         let ps = u64::from(self.header.page_size);
-        for b in blocks {
+        // Check the whole list first: a refused call defines nothing.
+        for (i, b) in blocks.iter().enumerate() {
             if b.size % ps != 0 {
                 return Err(Error::usage(format!(
                     "RAM block {:?} size {} is not a multiple of the page size",
                     b.name, b.size
                 )));
             }
-            if self.blocks.insert(b.id, b.size / ps).is_some() {
+            if self.blocks.contains_key(&b.id) || blocks[..i].iter().any(|o| o.id == b.id) {
                 return Err(Error::usage(format!("RAM block id {} defined twice", b.id)));
             }
         }
-        self.record(RecordKind::RAM_BLOCKS, 0, &encode_ram_blocks(blocks))
+        self.record(RecordKind::RAM_BLOCKS, 0, &encode_ram_blocks(blocks))?;
+        for b in blocks {
+            self.blocks.insert(b.id, b.size / ps);
+        }
+        Ok(())
     }
 
     /// Adds one page to the current batch; the batch is written when full, or
