@@ -176,8 +176,7 @@ if ! have10; then
 T=\$(cd "\$(dirname "\$0")" && pwd)
 M=$sysmod
 run() {
-    LD_LIBRARY_PATH="$libpath\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" \\
-        exec "\$T/root/usr/bin/qemu-system-x86_64"$lflags "\$@"
+    ${libpath:+LD_LIBRARY_PATH="$libpath\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" }exec "\$T/root/usr/bin/qemu-system-x86_64"$lflags "\$@"
 }
 if [ "\${QEMU10_IN_NAMESPACE:-}" = 1 ]; then
     unset QEMU10_IN_NAMESPACE
