@@ -27,8 +27,17 @@ pub(crate) fn convert(args: &ConvertArgs, opts: &Opts) -> Result<ExitCode> {
     // A file output is written under a temporary name and renamed when complete,
     // so a failed conversion leaves no partial stream (and an old file intact).
     let mut partial = None;
+    // Devices, FIFOs and the like are written in place, never replaced.
+    let special = std::fs::metadata(&args.output).is_ok_and(|m| !m.is_file());
     let out: Box<dyn Write> = if args.output.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
+    } else if special {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&args.output)
+                .with_context(|| format!("cannot open {}", args.output.display()))?,
+        )
     } else {
         let dir = match args.output.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,

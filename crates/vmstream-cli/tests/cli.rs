@@ -346,3 +346,39 @@ fn missing_file_is_a_clear_error() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn convert_round_trips_qemu_and_never_replaces_what_it_cannot_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = root().join("testdata/qemu/q35-7.2.mig");
+    let vms = dir.path().join("vm.vms");
+    let back = dir.path().join("vm.mig");
+    ok(&vmstream(&[
+        "convert",
+        qemu.to_str().unwrap(),
+        vms.to_str().unwrap(),
+    ]));
+    ok(&vmstream(&[
+        "convert",
+        vms.to_str().unwrap(),
+        back.to_str().unwrap(),
+    ]));
+    assert!(fs::read(&back).unwrap() == fs::read(&qemu).unwrap());
+    // a failed conversion leaves no output file behind, and an old one intact
+    let nodesc = root().join("testdata/qemu/i440fx-2.2.mig");
+    let out = vmstream(&["convert", nodesc.to_str().unwrap(), back.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unsupported: no device description"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(fs::read(&back).unwrap() == fs::read(&qemu).unwrap());
+    // a device is written to, not replaced by a file
+    ok(&vmstream(&["convert", qemu.to_str().unwrap(), "/dev/null"]));
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+}
