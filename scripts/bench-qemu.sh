@@ -43,7 +43,7 @@ fi
 many=$work/many-devices.mig
 if [[ ! -s $many ]]; then
     python3 scripts/qemu_tool.py gen "$work/gen" >/dev/null
-    cp "$work/gen/q35-10.0.mig" "$many"
+    cp "$work/gen/many-10.0.mig" "$many"
 fi
 
 median() { sort -n | sed -n 2p; }

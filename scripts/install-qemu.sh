@@ -2,7 +2,7 @@
 # Installs the real QEMU peers the interop tests run against:
 #   * QEMU 7.2: Debian bookworm's qemu-system-x86 (+ qemu-utils), installed with
 #     apt-get, no recommends;
-#   * QEMU 10.0.2: bookworm-backports' qemu-system-x86, NOT installed but unpacked
+#   * QEMU 10.0.x (10.0.2 today): bookworm-backports' qemu-system-x86, NOT installed but unpacked
 #     (apt-get download + dpkg -x) into target/qemu-10.0/root together with
 #     qemu-system-common, qemu-system-data and every dependency this machine does
 #     not already have at the version 10.0 asks for (seabios >= 1.16.3 for one),
@@ -77,7 +77,7 @@ fetch() {
         if fits "$v" "${@:2}"; then pick=$v; break; fi
     done
     if [[ -z $pick ]]; then
-        echo "install-qemu.sh: no fitting version of $name (${*:2}) is available" >&2
+        echo "install-qemu.sh: no version of $name fitting '${*:2}' is available" >&2
         return 1
     fi
     echo "unpacking $name $pick"
@@ -85,7 +85,7 @@ fetch() {
         echo "$err" >&2
         return 1
     fi
-    deb=$(ls "$top/debs/${name}_"*.deb | head -1)
+    deb=$(compgen -G "$top/debs/${name}_*.deb" | head -1)
     dpkg -x "$deb" "$root"
     unpacked[$name]=$pick
     queue+=("$deb")
@@ -123,11 +123,11 @@ if ! have10; then
             ok=0
             for alt in "${alts[@]}"; do
                 read -r name op ver <<<"$(parse "$alt")"
-                if satisfied "$name" $op $ver; then ok=1; break; fi
+                if satisfied "$name" "$op" "$ver"; then ok=1; break; fi
             done
             if [[ $ok == 0 ]]; then
                 read -r name op ver <<<"$(parse "${alts[0]}")"
-                fetch "$name" $op $ver
+                fetch "$name" "$op" "$ver"
             fi
         done < <(depends "$deb")
     done
@@ -144,6 +144,7 @@ if ! have10; then
     fi
 
     # Firmware directories, the unpacked ones first.
+    # shellcheck disable=SC2016 # $T is the wrapper's own variable
     lflags=' -L "$T/root/usr/share/qemu"'
     for d in usr/share/seabios usr/lib/ipxe/qemu; do
         [[ -d $root/$d ]] && lflags+=" -L \"\$T/root/$d\""

@@ -64,8 +64,14 @@ impl RamFiles {
         }
         let file_name = format!("{name}.bin");
         let path = self.dir.join(&file_name);
-        let file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        // read back too: QEMU's XBZRLE pages apply to the page as written so far
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         file.set_len(b.size)
             .with_context(|| format!("cannot size {}", path.display()))?;
         let pages = b.size / self.page_size;
