@@ -11,8 +11,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use vmstream::value::{encode, NameTable};
-use vmstream::{Compression, Limits, Record, SliceReader, Value};
-use vmstream_fuzz::VALUE_NAMES;
+use vmstream::{
+    Arch, Compression, Header, Limits, RamBlock, Record, SliceReader, StreamKind, StreamWriter,
+    Value, WriterOptions,
+};
+use vmstream_fuzz::{fix_crcs, VALUE_NAMES};
 
 /// Bad vectors larger than this are near-copies of the sample and add nothing.
 const MAX_BAD: u64 = 8 << 10;
@@ -44,6 +47,43 @@ fn values_of(stream: &[u8]) -> Vec<Value> {
         }
     }
     out
+}
+
+/// `stream` with the body of every `epoch` record set to 0, checksums fixed:
+/// the second barrier then does not rise.
+fn falling_barriers(stream: &[u8]) -> Vec<u8> {
+    let mut out = stream.to_vec();
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let mut off = le32(&out, 12) as usize;
+    while off + 8 <= out.len() {
+        let kind = u16::from_le_bytes([out[off], out[off + 1]]);
+        let len = le32(&out, off + 4) as usize;
+        if kind == 0x0007 && len == 4 {
+            out[off + 8..off + 12].fill(0);
+        }
+        off += vmstream::record::framed_len(len);
+    }
+    fix_crcs(&mut out);
+    out
+}
+
+/// A stream with 2 MiB pages and only zero pages: a mutation to a data page
+/// reaches the check of the inflated size against the record size limit.
+fn huge_pages() -> Vec<u8> {
+    const PAGE: u32 = 2 << 20;
+    let header = Header::new(StreamKind::Live, Arch::Aarch64, PAGE);
+    let mut w = StreamWriter::new(Vec::new(), header, WriterOptions::default()).expect("header");
+    w.write_ram_blocks(&[RamBlock {
+        id: 0,
+        name: "ram".into(),
+        size: 4 * u64::from(PAGE),
+        page_size: PAGE,
+        flags: 0,
+    }])
+    .expect("blocks");
+    w.write_zero_page(0, 0, 1).expect("zero page");
+    w.write_zero_page(0, 0, 3).expect("zero page");
+    w.finish().expect("finish")
 }
 
 /// One value of every type.
@@ -155,6 +195,12 @@ fn main() {
     for (name, b) in &bad {
         write(&dir, &format!("bad-{name}"), b);
     }
+    write(
+        &dir,
+        "bad-barrier-not-rising.vms",
+        &falling_barriers(&sample),
+    );
+    write(&dir, "good-huge-pages.vms", &huge_pages());
 
     // push_decoder_split: a control byte and chunk sizes, then the stream.
     let dir = fresh_dir(&seeds, "push_decoder_split");

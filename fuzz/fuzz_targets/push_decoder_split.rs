@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmstream_fuzz::{fix_crcs, limits, read_push};
+use vmstream_fuzz::{fix_crcs, read_push, reader_limits};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, rest)) = data.split_first() else {
@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     if ctl & 0x80 != 0 {
         fix_crcs(&mut stream);
     }
-    let lim = limits();
+    let lim = reader_limits();
     let whole = read_push(&stream, &[usize::MAX], lim);
     let split = read_push(&stream, &sizes, lim);
     assert_eq!(whole, split, "chunk sizes {sizes:?}");

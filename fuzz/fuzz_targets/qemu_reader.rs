@@ -10,13 +10,17 @@ fuzz_target!(|data: &[u8]| {
     let mut input = b"QEVM\0\0\0\x03".to_vec();
     input.extend_from_slice(data);
     let opts = ConvertOptions {
-        limits: Limits::default().with_max_record_size(1 << 20).with_max_alloc(16 << 20),
+        limits: Limits::default()
+            .with_max_record_size(1 << 20)
+            .with_max_alloc(16 << 20),
         ..ConvertOptions::default()
     };
     match qemu_to_qemu(&input[..], Vec::new(), &opts) {
         Ok((out, _)) => assert!(out == input, "accepted stream not reproduced"),
         Err(e) => assert!(
-            e.location().offset.is_some() || e.location().device.is_some() || e.kind() == vmstream::ErrorKind::Unsupported,
+            e.location().offset.is_some()
+                || e.location().device.is_some()
+                || e.kind() == vmstream::ErrorKind::Unsupported,
             "error without a location: {e}"
         ),
     }

@@ -1,7 +1,9 @@
 //! Arbitrary bytes as a whole stream: `SliceReader`, `StreamReader` (over an
 //! in-memory cursor and over a reader that hands out a few bytes per call) and
 //! the push `Decoder` must read the same records and fail the same way, and
-//! every error must carry an offset.
+//! every error must carry an offset. A `StreamReader` whose reader is
+//! interrupted now and then and fails for good two thirds into the input
+//! reads the same records up to there, and its I/O error says where.
 //!
 //! Reading with small limits must not allocate much more than they allow
 //! (plus a small multiple of the input, for what accumulates across records).
@@ -13,14 +15,15 @@
 
 use libfuzzer_sys::fuzz_target;
 use vmstream_fuzz::{
-    drain_all, fix_crcs, limits, peak_alloc, read_push, read_slice, read_stream, Dribble,
+    check_stream_failing, drain_all, fix_crcs, limits, peak_alloc, read_push, read_slice,
+    read_stream, reader_limits, Dribble,
 };
 
 /// Record size and allocation limit of the accounting check.
 const SMALL: u32 = 64 << 10;
 
 fn check(data: &[u8]) {
-    let lim = limits();
+    let lim = reader_limits();
     let slice = read_slice(data, lim);
     let cursor = read_stream(std::io::Cursor::new(data), lim);
     slice.assert_agrees(&cursor, "StreamReader over a cursor");
@@ -34,6 +37,8 @@ fn check(data: &[u8]) {
     slice.assert_agrees(&dribble, "StreamReader, short reads");
     let push = read_push(data, &[usize::MAX], lim);
     slice.assert_agrees(&push, "Decoder fed the whole input");
+    let fail_at = data.len() - data.len() / 3;
+    check_stream_failing(data, fail_at, 1 + data.len() % 5, lim, &slice);
 }
 
 /// Reading costs at most a few times the limits, plus what the input itself

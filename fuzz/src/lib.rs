@@ -27,6 +27,15 @@ pub fn limits() -> Limits {
         .with_max_alloc(MAX_ALLOC)
 }
 
+/// [`limits`] with so few names allowed (256, which also bounds RAM blocks)
+/// that a mutated stream can reach that limit too. Not for streams a writer
+/// built from a plan, which may use more names.
+pub fn reader_limits() -> Limits {
+    let mut l = limits();
+    l.max_names = 256;
+    l
+}
+
 /// The name table of the `value_decode` target: distinct names (so that
 /// interning gives back the same ids), covering every name the sample stream's
 /// values use.
@@ -415,6 +424,103 @@ impl Read for Dribble<'_> {
     }
 }
 
+/// A reader that answers every third call with `Interrupted` (which readers
+/// must retry), hands out at most `n` bytes per call, and fails for good once
+/// `fail_at` bytes have been read.
+pub struct Flaky<'a> {
+    data: &'a [u8],
+    pos: usize,
+    n: usize,
+    fail_at: usize,
+    calls: u32,
+}
+
+impl<'a> Flaky<'a> {
+    /// A reader over `data` failing at `fail_at`.
+    pub fn new(data: &'a [u8], n: usize, fail_at: usize) -> Flaky<'a> {
+        Flaky {
+            data,
+            pos: 0,
+            n: n.max(1),
+            fail_at,
+            calls: 0,
+        }
+    }
+}
+
+impl Read for Flaky<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        if self.calls.is_multiple_of(3) {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if self.pos >= self.fail_at {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected failure",
+            ));
+        }
+        let end = self.data.len().min(self.fail_at).min(self.pos + self.n);
+        let k = buf.len().min(end - self.pos);
+        buf[..k].copy_from_slice(&self.data[self.pos..self.pos + k]);
+        self.pos += k;
+        Ok(k)
+    }
+}
+
+/// Reads `data` with [`StreamReader`] over a [`Flaky`] reader that fails at
+/// `fail_at`, and checks it against `expect` (what [`read_slice`] read): the
+/// same records up to the failure; then either the same end or an I/O error,
+/// which like every error must say where it happened.
+pub fn check_stream_failing(
+    data: &[u8],
+    fail_at: usize,
+    n: usize,
+    limits: Limits,
+    expect: &Outcome,
+) {
+    let got = read_stream_failing(data, fail_at, n, limits);
+    assert!(
+        expect.records.starts_with(&got.records),
+        "records before an I/O failure differ from the slice reader's"
+    );
+    match got.end {
+        End::HeaderError(ErrorKind::Io) => {}
+        End::Error(ErrorKind::Io, at) => assert!(
+            at <= fail_at as u64,
+            "I/O error reported at {at}, failure injected at {fail_at}"
+        ),
+        _ => expect.assert_agrees(&got, "StreamReader over a failing reader"),
+    }
+}
+
+fn read_stream_failing(data: &[u8], fail_at: usize, n: usize, limits: Limits) -> Outcome {
+    let mut records = Vec::new();
+    let mut r = match StreamReader::new(Flaky::new(data, n, fail_at), limits) {
+        Ok(r) => r,
+        Err(e) => return Outcome::failed(records, header_error(&e), &e),
+    };
+    loop {
+        match r.next() {
+            Ok(Some(item)) => records.push(render(&item)),
+            Ok(None) => break,
+            Err(e) => {
+                let end = End::Error(e.kind(), offset_of(&e));
+                return Outcome::failed(records, end, &e);
+            }
+        }
+    }
+    let offset = r.state().offset();
+    match r.at_eof() {
+        Ok(true) => Outcome::ok(records),
+        Ok(false) => Outcome::trailing(records, offset),
+        Err(e) => {
+            let end = End::Error(e.kind(), offset_of(&e));
+            Outcome::failed(records, end, &e)
+        }
+    }
+}
+
 /// Reads with [`StreamReader`] from any `Read`; bytes after `end` are an error.
 pub fn read_stream<R: Read>(inner: R, limits: Limits) -> Outcome {
     let mut records = Vec::new();
@@ -534,6 +640,10 @@ pub fn read_push(data: &[u8], sizes: &[usize], limits: Limits) -> Outcome {
     match d.finish() {
         Ok(()) => {
             assert!(d.is_done());
+            assert!(
+                matches!(d.feed(&[]), Ok((0, None))),
+                "an empty feed after the end"
+            );
             assert_eq!(d.state().map(|s| s.offset()), Some(data.len() as u64));
             Outcome::ok(records)
         }

@@ -430,7 +430,8 @@ impl<R: Read> StreamReader<R> {
         let offset = self.state.offset;
         let index = self.state.records;
         let mut hdr = [0u8; RECORD_HEADER_LEN];
-        let n = read_full(&mut self.inner, &mut hdr)?;
+        let n = read_full(&mut self.inner, &mut hdr)
+            .map_err(|e| e.at_offset(offset).in_record(index, "?"))?;
         if n == 0 {
             return Err(Error::malformed("stream ends without an end record")
                 .at_offset(offset)
@@ -449,7 +450,14 @@ impl<R: Read> StreamReader<R> {
         // Grow as the bytes arrive, not by the declared length: a lying length on
         // a short input then costs nothing.
         let want = (total - RECORD_HEADER_LEN) as u64;
-        let got = (&mut self.inner).take(want).read_to_end(&mut self.buf)?;
+        let got = (&mut self.inner)
+            .take(want)
+            .read_to_end(&mut self.buf)
+            .map_err(|e| {
+                Error::from(e)
+                    .at_offset(offset + RECORD_HEADER_LEN as u64)
+                    .in_record(index, kind.name())
+            })?;
         if (got as u64) < want {
             return Err(Error::truncated("record", total, got + RECORD_HEADER_LEN)
                 .at_offset(offset)
@@ -461,7 +469,8 @@ impl<R: Read> StreamReader<R> {
     /// Reads one more byte to check the stream really ended; `Ok(true)` if it did.
     pub fn at_eof(&mut self) -> Result<bool> {
         let mut b = [0u8; 1];
-        Ok(read_full(&mut self.inner, &mut b)? == 0)
+        let n = read_full(&mut self.inner, &mut b).map_err(|e| e.at_offset(self.state.offset))?;
+        Ok(n == 0)
     }
 
     /// Gives back the inner reader.
@@ -484,7 +493,7 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize> {
 }
 
 fn read_exact_at<R: Read>(r: &mut R, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
-    let n = read_full(r, buf)?;
+    let n = read_full(r, buf).map_err(|e| e.at_offset(offset))?;
     if n < buf.len() {
         return Err(Error::truncated(what, buf.len(), n).at_offset(offset + n as u64));
     }

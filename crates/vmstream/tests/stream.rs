@@ -247,6 +247,52 @@ fn poisoned_after_error() {
     assert_eq!(r.next().unwrap_err().kind(), ErrorKind::Usage);
 }
 
+/// A reader that fails for good once `left` bytes have been handed out.
+struct FailAfter<'a> {
+    data: &'a [u8],
+    left: usize,
+}
+
+impl Read for FailAfter<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("device gone"));
+        }
+        let n = buf.len().min(self.left).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn io_errors_say_where() {
+    let bytes = sample_stream();
+    for cut in [10, bytes.len() / 2, bytes.len() - 3] {
+        let input = FailAfter {
+            data: &bytes,
+            left: cut,
+        };
+        let err = match StreamReader::new(input, Limits::default()) {
+            Err(e) => e,
+            Ok(mut r) => loop {
+                match r.next() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("read past a failing reader"),
+                    Err(e) => break e,
+                }
+            },
+        };
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        let at = err.location().offset.expect("an offset");
+        assert!(at <= cut as u64, "{err}");
+        if cut > 100 {
+            assert!(err.location().record.is_some(), "{err}");
+        }
+    }
+}
+
 // ---- hand-made hostile streams --------------------------------------------------
 
 fn stream_of(records: &[Vec<u8>]) -> Vec<u8> {
