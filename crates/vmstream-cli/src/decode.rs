@@ -14,6 +14,7 @@ use vmstream::write::is_zero;
 use vmstream::{
     Arch, DeviceState, Header, RamBlock, Record, StreamKind, StreamWriter, Value, WriterOptions,
 };
+use vmstream_qemu::{Event, Sink};
 
 use crate::args::{DecodeArgs, EncodeArgs, ExtractArgs};
 use crate::input::{self, Opts};
@@ -29,19 +30,23 @@ struct BlockFile {
     written: Vec<u64>,
 }
 
-/// Applies page batches to one raw file per RAM block, in stream order: a later
-/// page replaces an earlier one, a zero page over data writes zeros, and pages
-/// never written stay holes in a sparse file.
+/// Applies pages to one raw file per RAM block, in stream order: a later page
+/// replaces an earlier one, a zero page over data writes zeros, and pages never
+/// written stay holes in a sparse file.
 struct RamFiles {
     dir: PathBuf,
     page_size: u64,
     blocks: BTreeMap<u32, BlockFile>,
     used_names: HashSet<String>,
     zeros: Vec<u8>,
-    run: Vec<u8>,
+    /// Consecutive data pages not yet written: block, file offset, bytes.
+    run: (u32, u64, Vec<u8>),
     /// Block of the last page seen, for QEMU records that leave their block out.
     last_block: Option<u32>,
 }
+
+/// Most bytes gathered into one write.
+const MAX_RUN: usize = 1 << 20;
 
 impl RamFiles {
     fn new(dir: &Path, page_size: u32) -> RamFiles {
@@ -51,7 +56,7 @@ impl RamFiles {
             blocks: BTreeMap::new(),
             used_names: HashSet::new(),
             zeros: vec![0; page_size as usize],
-            run: Vec::new(),
+            run: (0, 0, Vec::with_capacity(MAX_RUN)),
             last_block: None,
         }
     }
@@ -90,54 +95,65 @@ impl RamFiles {
     }
 
     fn apply(&mut self, batch: &vmstream::PageBatch<'_>) -> Result<()> {
-        let Some(bf) = self.blocks.get_mut(&batch.block) else {
-            bail!("page batch for unknown RAM block {}", batch.block);
-        };
-        self.last_block = Some(batch.block);
-        // Runs of consecutive data pages go out in one write.
-        let ps = self.page_size;
-        let mut run_start = 0u64;
-        self.run.clear();
         for p in batch.pages() {
-            let (word, bit) = ((p.index / 64) as usize, p.index % 64);
-            let at = p.index * ps;
-            let contiguous = !self.run.is_empty() && run_start + self.run.len() as u64 == at;
-            if !self.run.is_empty()
-                && (!contiguous || p.data.is_none() || self.run.len() >= 1 << 20)
-            {
-                bf.file.write_all_at(&self.run, run_start)?;
-                self.run.clear();
-            }
-            match p.data {
-                Some(d) => {
-                    if self.run.is_empty() {
-                        run_start = at;
-                    }
-                    self.run.extend_from_slice(d);
-                    if let Some(w) = bf.written.get_mut(word) {
-                        *w |= 1 << bit;
-                    }
-                }
-                None => {
-                    if let Some(w) = bf.written.get_mut(word) {
-                        if *w & (1 << bit) != 0 {
-                            bf.file.write_all_at(&self.zeros, at)?;
-                            *w &= !(1 << bit);
-                        }
-                    }
-                }
-            }
-        }
-        if !self.run.is_empty() {
-            bf.file.write_all_at(&self.run, run_start)?;
+            self.page(batch.block, p.index, p.data)?;
         }
         Ok(())
     }
 
-    /// Applies a QEMU RAM record kept as it came (XBZRLE, compressed page,
-    /// non-zero fill) to the page it updates.
-    fn apply_qemu(&mut self, body: &[u8]) -> Result<()> {
+    /// Applies one page (`None`: a zero page). Data pages are gathered into
+    /// runs; [`RamFiles::flush`] writes the last one.
+    fn page(&mut self, block: u32, index: u64, data: Option<&[u8]>) -> Result<()> {
         let ps = self.page_size;
+        let at = index * ps;
+        let (run_block, run_start, run) = &self.run;
+        if !run.is_empty()
+            && (*run_block != block
+                || run_start + run.len() as u64 != at
+                || data.is_none()
+                || run.len() >= MAX_RUN)
+        {
+            self.flush()?;
+        }
+        self.last_block = Some(block);
+        let Some(bf) = self.blocks.get_mut(&block) else {
+            bail!("page of unknown RAM block {block}");
+        };
+        if index >= bf.block.size / ps {
+            bail!("page {index} is beyond RAM block {:?}", bf.block.name);
+        }
+        let (word, bit) = ((index / 64) as usize, index % 64);
+        match data {
+            Some(d) => {
+                if self.run.2.is_empty() {
+                    self.run.0 = block;
+                    self.run.1 = at;
+                }
+                self.run.2.extend_from_slice(d);
+                bf.written[word] |= 1 << bit;
+            }
+            None if bf.written[word] & (1 << bit) != 0 => {
+                bf.file.write_all_at(&self.zeros, at)?;
+                bf.written[word] &= !(1 << bit);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the pages gathered so far.
+    fn flush(&mut self) -> Result<()> {
+        let (block, start, run) = &mut self.run;
+        if !run.is_empty() {
+            let bf = self.blocks.get(block).context("unknown RAM block")?;
+            bf.file.write_all_at(run, *start)?;
+            run.clear();
+        }
+        Ok(())
+    }
+
+    /// Applies a QEMU RAM record kept as it came in a vmstream record.
+    fn apply_qemu(&mut self, body: &[u8]) -> Result<()> {
         let (header, rest) = body.split_at_checked(8).context("short QEMU RAM record")?;
         let header = u64::from_be_bytes(header.try_into()?);
         let (name, payload) = match rest.split_first() {
@@ -151,9 +167,17 @@ impl RamFiles {
             }
             None => bail!("short QEMU RAM record"),
         };
+        self.update(header, name, payload)
+    }
+
+    /// Applies a QEMU RAM record that updates a page (XBZRLE, compressed page,
+    /// non-zero fill) to the page as written so far.
+    fn update(&mut self, header: u64, name: Option<&[u8]>, payload: &[u8]) -> Result<()> {
+        let ps = self.page_size;
         let Some(update) = vmstream_qemu::ram::page_update(header, payload, ps)? else {
             return Ok(());
         };
+        self.flush()?;
         let block = match name {
             Some(n) => self
                 .blocks
@@ -166,13 +190,14 @@ impl RamFiles {
         self.last_block = Some(block);
         let bf = self.blocks.get_mut(&block).context("unknown block")?;
         let index = (header & !(ps - 1)) / ps;
+        if index >= bf.block.size / ps {
+            bail!("page {index} is beyond RAM block {:?}", bf.block.name);
+        }
         let mut page = vec![0u8; ps as usize];
         bf.file.read_exact_at(&mut page, index * ps)?;
         vmstream_qemu::ram::apply(update, &mut page)?;
         bf.file.write_all_at(&page, index * ps)?;
-        if let Some(w) = bf.written.get_mut((index / 64) as usize) {
-            *w |= 1 << (index % 64);
-        }
+        bf.written[(index / 64) as usize] |= 1 << (index % 64);
         Ok(())
     }
 
@@ -247,6 +272,7 @@ pub(crate) fn decode(args: &DecodeArgs, opts: &Opts) -> Result<ExitCode> {
             _ => {}
         }
     }
+    ram.flush()?;
     let doc = json!({
         "vmstream_decode": DECODE_LAYOUT,
         "source_format": format.name(),
@@ -416,25 +442,86 @@ pub(crate) fn encode(args: &EncodeArgs) -> Result<ExitCode> {
 
 pub(crate) fn extract(args: &ExtractArgs, opts: &Opts) -> Result<ExitCode> {
     prepare_dir(&args.out)?;
-    let (_, mut r) = input::records(&args.file, opts)?;
-    let mut ram = RamFiles::new(&args.out, r.header().page_size);
-    while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
-        match item.record {
-            Record::RamBlocks(blocks) => {
-                for b in blocks {
-                    ram.add(b)?;
+    let (format, input) = input::open(&args.file)?;
+    let what = || args.file.display().to_string();
+    let mut ram = match format {
+        // straight from the QEMU reader's events: no conversion in between
+        input::Format::Qemu => {
+            let copts = opts.convert_options(&args.file, false)?;
+            let mut sink = ExtractSink {
+                ram: RamFiles::new(&args.out, 4096),
+                failed: None,
+            };
+            let r = vmstream_qemu::read_qemu(input, &mut sink, &copts);
+            if let Some(e) = sink.failed {
+                return Err(e.context(what()));
+            }
+            r.with_context(what)?;
+            sink.ram
+        }
+        input::Format::Vmstream => {
+            let mut r = input::reader(input, &args.file, opts)?;
+            let mut ram = RamFiles::new(&args.out, r.header().page_size);
+            while let Some(item) = r.next().with_context(what)? {
+                match item.record {
+                    Record::RamBlocks(blocks) => {
+                        for b in blocks {
+                            ram.add(b)?;
+                        }
+                    }
+                    Record::Pages(batch) => ram.apply(&batch)?,
+                    Record::Other(raw) if raw.kind == vmstream_qemu::mapping::kinds::RAM_RECORD => {
+                        ram.apply_qemu(raw.body).with_context(|| {
+                            format!("record {} at offset {:#x}", raw.index, raw.offset)
+                        })?;
+                    }
+                    _ => {}
                 }
             }
-            Record::Pages(batch) => ram.apply(&batch)?,
-            Record::Other(raw) if raw.kind == vmstream_qemu::mapping::kinds::RAM_RECORD => {
-                ram.apply_qemu(raw.body)
-                    .with_context(|| format!("record {} at offset {:#x}", raw.index, raw.offset))?;
-            }
-            _ => {}
+            ram
         }
-    }
+    };
+    ram.flush().with_context(what)?;
     for bf in ram.blocks.values() {
         println!("{}\t{}\t{}", bf.file_name, bf.block.name, bf.block.size);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Extracts RAM from a QEMU reader's events. The reader stops at the first
+/// error the sink returns; the sink keeps the error itself, with its context.
+struct ExtractSink {
+    ram: RamFiles,
+    failed: Option<anyhow::Error>,
+}
+
+impl ExtractSink {
+    fn apply(&mut self, event: &Event<'_>) -> Result<()> {
+        match *event {
+            Event::RamBlocks { blocks, .. } => {
+                let ps = self.ram.page_size as u32;
+                for b in vmstream_qemu::mapping::vmstream_blocks(blocks, ps) {
+                    self.ram.add(b)?;
+                }
+            }
+            Event::Page { block, index, data } => self.ram.page(block, index, data)?,
+            Event::RamRecord {
+                header,
+                name,
+                payload,
+            } => self.ram.update(header, name, payload)?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Sink for ExtractSink {
+    fn event(&mut self, event: &Event<'_>) -> vmstream::Result<()> {
+        self.apply(event).map_err(|e| {
+            let msg = format!("{e:#}");
+            self.failed = Some(e);
+            vmstream::Error::new(vmstream::ErrorKind::Io, msg)
+        })
+    }
 }

@@ -112,7 +112,6 @@ pub(crate) fn image_records(path: &Path, opts: &Opts) -> Result<(Format, StreamR
 
 fn open_records(path: &Path, opts: &Opts, image: bool) -> Result<(Format, StreamReader<Input>)> {
     let (format, mut input) = open(path)?;
-    let what = path.display().to_string();
     input = match format {
         Format::Qemu => {
             let copts = opts.convert_options(path, image)?;
@@ -128,9 +127,13 @@ fn open_records(path: &Path, opts: &Opts, image: bool) -> Result<(Format, Stream
         }
         Format::Vmstream => input,
     };
-    let reader = StreamReader::new(input, opts.limits)
-        .with_context(|| format!("{what}: cannot read the stream header"))?;
-    Ok((format, reader))
+    Ok((format, reader(input, path, opts)?))
+}
+
+/// A record reader over an input opened with [`open`] that holds vmstream.
+pub(crate) fn reader(input: Input, path: &Path, opts: &Opts) -> Result<StreamReader<Input>> {
+    StreamReader::new(input, opts.limits)
+        .with_context(|| format!("{}: cannot read the stream header", path.display()))
 }
 
 /// Whether a vmstream input carries QEMU framing (peeks at its header).

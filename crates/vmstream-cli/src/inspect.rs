@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde_json::json;
 use vmstream::header::{FEATURE_INDEX, FEATURE_LZ4, FEATURE_QEMU_FRAMING, FEATURE_ZSTD};
-use vmstream::{Header, Record};
+use vmstream::{DeviceState, Header, Record};
+use vmstream_qemu::{Event, Sink};
 
 use crate::args::{DumpArgs, InspectArgs, VerifyArgs};
 use crate::input::{self, Format, Opts};
@@ -265,48 +266,91 @@ fn count(states: &[u8], want: u8) -> usize {
     states.iter().filter(|&&s| s == want).count()
 }
 
-pub(crate) fn dump(args: &DumpArgs, opts: &Opts) -> Result<ExitCode> {
-    let (_, mut r) = input::records(&args.file, opts)?;
-    let out = &mut std::io::BufWriter::new(std::io::stdout().lock());
-    let mut devices = Vec::new();
-    let mut matched = 0usize;
-    while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
-        let Record::Device(d) = item.record else {
-            continue;
-        };
-        if let Some(want) = &args.device {
+/// Prints devices for `dump`, from either reader.
+struct Dump<'a, W: Write> {
+    args: &'a DumpArgs,
+    out: W,
+    devices: Vec<serde_json::Value>,
+    matched: usize,
+}
+
+impl<W: Write> Dump<'_, W> {
+    fn device(&mut self, d: &DeviceState) -> std::io::Result<()> {
+        if let Some(want) = &self.args.device {
             let full = format!("{}:{}", d.name, d.instance_id);
             if *want != d.name && *want != full {
-                continue;
+                return Ok(());
             }
         }
-        matched += 1;
-        if args.json {
-            devices.push(json!({
+        self.matched += 1;
+        if self.args.json {
+            self.devices.push(json!({
                 "name": d.name, "instance_id": d.instance_id, "type": d.type_name,
                 "version": d.version, "value": d.value.to_json(),
             }));
         } else {
             writeln!(
-                out,
+                self.out,
                 "device {} (instance {}, type {}, version {}):",
                 d.name, d.instance_id, d.type_name, d.version
             )?;
             for line in d.value.to_string().lines() {
-                writeln!(out, "  {line}")?;
+                writeln!(self.out, "  {line}")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        if self.args.json {
+            let doc = json!({ "devices": self.devices });
+            serde_json::to_writer_pretty(&mut self.out, &doc)?;
+            writeln!(self.out)?;
+        }
+        if let Some(want) = &self.args.device {
+            if self.matched == 0 {
+                anyhow::bail!("no device named {want:?} in {}", self.args.file.display());
+            }
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for Dump<'_, W> {
+    fn event(&mut self, event: &Event<'_>) -> vmstream::Result<()> {
+        match event {
+            Event::Device(d) => Ok(self.device(d)?),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub(crate) fn dump(args: &DumpArgs, opts: &Opts) -> Result<ExitCode> {
+    let mut dump = Dump {
+        args,
+        out: std::io::BufWriter::new(std::io::stdout().lock()),
+        devices: Vec::new(),
+        matched: 0,
+    };
+    let what = || args.file.display().to_string();
+    let (format, input) = input::open(&args.file)?;
+    match format {
+        // straight from the QEMU reader's events: no conversion in between
+        Format::Qemu => {
+            let copts = opts.convert_options(&args.file, false)?;
+            vmstream_qemu::read_qemu(input, &mut dump, &copts).with_context(what)?;
+        }
+        Format::Vmstream => {
+            let mut r = input::reader(input, &args.file, opts)?;
+            while let Some(item) = r.next().with_context(what)? {
+                if let Record::Device(d) = item.record {
+                    dump.device(&d)?;
+                }
             }
         }
     }
-    if args.json {
-        serde_json::to_writer_pretty(&mut *out, &json!({ "devices": devices }))?;
-        writeln!(out)?;
-    }
-    if let Some(want) = &args.device {
-        if matched == 0 {
-            anyhow::bail!("no device named {want:?} in {}", args.file.display());
-        }
-    }
-    out.flush()?;
+    dump.finish()?;
     Ok(ExitCode::SUCCESS)
 }
 

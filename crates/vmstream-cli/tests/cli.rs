@@ -382,3 +382,51 @@ fn convert_round_trips_qemu_and_never_replaces_what_it_cannot_finish() {
         .file_type()
         .is_char_device());
 }
+
+#[test]
+fn extract_and_dump_of_qemu_stream_match_its_conversion() {
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().expect("utf8").to_owned();
+    let vms = t.path().join("vm.vms");
+    let (direct, converted) = (t.path().join("direct"), t.path().join("converted"));
+    ok(&vmstream(&[
+        "convert",
+        "testdata/qemu/q35-7.2.mig",
+        &s(&vms),
+    ]));
+    let vms_path = s(&vms);
+    let listing = ok(&vmstream(&[
+        "extract",
+        "testdata/qemu/q35-7.2.mig",
+        "--out",
+        &s(&direct),
+    ]));
+    assert!(
+        listing.contains("pc.ram.bin\tpc.ram\t16777216"),
+        "{listing}"
+    );
+    ok(&vmstream(&["extract", &s(&vms), "--out", &s(&converted)]));
+    assert_eq!(dir_files(&direct), dir_files(&converted));
+    // the random blob the fixture loaded at guest-physical 0x100000
+    let ram = fs::read(direct.join("pc.ram.bin")).unwrap();
+    let blob = fs::read(root().join("testdata/qemu/blob.bin")).unwrap();
+    assert!(ram[0x100000..0x100000 + blob.len()] == blob[..]);
+    // from stdin too
+    let input = fs::read(root().join("testdata/qemu/q35-7.2.mig")).unwrap();
+    let piped = t.path().join("piped");
+    ok(&vmstream_stdin(
+        &["extract", "-", "--out", &s(&piped)],
+        &input,
+    ));
+    assert_eq!(dir_files(&direct), dir_files(&piped));
+    // dump reads the QEMU stream directly, and agrees with the converted one
+    for extra in [&[][..], &["--json"][..], &["--device", "apic"][..]] {
+        let mut a = vec!["dump", "testdata/qemu/q35-7.2.mig"];
+        a.extend_from_slice(extra);
+        let direct = ok(&vmstream(&a));
+        a[1] = &vms_path;
+        assert_eq!(direct, ok(&vmstream(&a)), "dump {extra:?}");
+    }
+    let direct = ok(&vmstream(&["dump", "testdata/qemu/q35-7.2.mig"]));
+    assert!(direct.contains("apicbase = u32 0xfee00900"), "{direct}");
+}

@@ -89,7 +89,10 @@ fn qemu_reader<R: Read>(input: R, opts: &ConvertOptions) -> QemuReader<R> {
     }
 }
 
-fn run_qemu<R: Read>(input: R, sink: &mut dyn Sink, opts: &ConvertOptions) -> Result<Summary> {
+/// Reads a QEMU stream into any [`Sink`] (through a [`Compactor`] if
+/// `opts.compact`): for tools that want the events themselves, e.g. to write
+/// RAM to files or print device state, without a conversion in between.
+pub fn read_qemu<R: Read>(input: R, sink: &mut dyn Sink, opts: &ConvertOptions) -> Result<Summary> {
     let reader = qemu_reader(input, opts);
     if opts.compact {
         let mut c = Compactor::new(sink, 4096, opts.limits.max_alloc);
@@ -106,7 +109,7 @@ pub fn qemu_to_vmstream<R: Read, W: Write>(
     opts: &ConvertOptions,
 ) -> Result<(W, Summary)> {
     let mut sink = VmstreamSink::new(out, opts.writer);
-    let summary = run_qemu(input, &mut sink, opts)?;
+    let summary = read_qemu(input, &mut sink, opts)?;
     Ok((sink.finish()?, summary))
 }
 
@@ -117,7 +120,7 @@ pub fn qemu_to_qemu<R: Read, W: Write>(
     opts: &ConvertOptions,
 ) -> Result<(W, Summary)> {
     let mut sink = QemuWriter::new(out, 4096);
-    let summary = run_qemu(input, &mut sink, opts)?;
+    let summary = read_qemu(input, &mut sink, opts)?;
     Ok((sink.finish()?, summary))
 }
 

@@ -155,17 +155,7 @@ impl<W: Write> Sink for VmstreamSink<W> {
             }
             Event::RamBlocks { raw, blocks } => {
                 let ps = self.page_size;
-                let list: Vec<RamBlock> = blocks
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| RamBlock {
-                        id: i as u32,
-                        name: b.name.clone(),
-                        size: b.size,
-                        page_size: b.page_size.map_or(ps, |p| p as u32),
-                        flags: 0,
-                    })
-                    .collect();
+                let list = vmstream_blocks(blocks, ps);
                 self.writer()?.write_ram_blocks(&list)?;
                 let (header, list) = raw.split_at(8.min(raw.len()));
                 self.body.extend_from_slice(header);
@@ -476,4 +466,20 @@ impl<R: Read> VmstreamSource<R> {
         }
         Ok(())
     }
+}
+
+/// The vmstream RAM block list for a QEMU one: ids count from 0 in QEMU's
+/// order, so a page event's block index is its vmstream block id.
+pub fn vmstream_blocks(blocks: &[QemuRamBlock], page_size: u32) -> Vec<RamBlock> {
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| RamBlock {
+            id: i as u32,
+            name: b.name.clone(),
+            size: b.size,
+            page_size: b.page_size.map_or(page_size, |p| p as u32),
+            flags: 0,
+        })
+        .collect()
 }
