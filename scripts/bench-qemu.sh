@@ -47,10 +47,14 @@ if [[ ! -s $many ]]; then
 fi
 
 median() { sort -n | sed -n 2p; }
-# timed CMD...: prints "seconds max_rss_kib" of one run
+# timed CMD...: prints "seconds max_rss_kib" of one run (wall time to the ms;
+# /usr/bin/time's own is in hundredths)
 timed() {
-    /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
-    cat "$work/time"
+    local t0 t1
+    t0=$(date +%s%N)
+    /usr/bin/time -f '%M' -o "$work/time" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+    t1=$(date +%s%N)
+    echo "$(( (t1 - t0) / 1000000 )) $(cat "$work/time")" | awk '{printf "%.3f %s\n", $1 / 1000, $2}'
 }
 run3() { for _ in 1 2 3; do timed "$@"; done; }
 

@@ -327,16 +327,70 @@ fn array<'a>(j: &'a Json, key: &str) -> Result<&'a [Json]> {
     }
 }
 
-fn value(j: &Json, at: &str) -> Result<Value> {
-    Value::from_json(j).with_context(|| format!("stream.json: {at}"))
+/// A value from its JSON form, refused if readers would refuse it as too deep.
+fn value(j: &Json, at: &str, max_depth: u32) -> Result<Value> {
+    let v = Value::from_json(j).with_context(|| format!("stream.json: {at}"))?;
+    if v.depth() > max_depth {
+        bail!(
+            "stream.json: {at}: value nests {} deep, more than Limits::max_depth ({max_depth})",
+            v.depth()
+        );
+    }
+    Ok(v)
 }
 
-pub(crate) fn encode(args: &EncodeArgs) -> Result<ExitCode> {
+/// How deep `stream.json` may nest: each value level is at most three JSON
+/// levels (the tag object, its body, a map entry), plus the document's own few.
+fn max_json_depth(limits: &vmstream::Limits) -> usize {
+    3 * limits.max_depth as usize + 8
+}
+
+/// Nesting depth of a JSON text (brackets outside strings), so a document can
+/// be refused before a recursive parser sees it.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+pub(crate) fn encode(args: &EncodeArgs, opts: &Opts) -> Result<ExitCode> {
     let path = args.dir.join("stream.json");
     let text =
         fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let doc: Json =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    // Values may nest as deep as Limits::max_depth, deeper than serde_json's
+    // default recursion limit; the depth is checked here instead.
+    let (depth, max) = (json_depth(&text), max_json_depth(&opts.limits));
+    if depth > max {
+        bail!(
+            "{} nests {depth} levels deep, more than the {max} that values within the depth limit need",
+            path.display()
+        );
+    }
+    let max_depth = opts.limits.max_depth;
+    let mut de = serde_json::Deserializer::from_str(&text);
+    de.disable_recursion_limit();
+    let doc = serde::Deserialize::deserialize(&mut de)
+        .and_then(|doc: Json| de.end().map(|()| doc))
+        .with_context(|| format!("{} is not JSON", path.display()))?;
     let layout = u64_field(&doc, "vmstream_decode", "top level")?;
     if layout != DECODE_LAYOUT {
         bail!("stream.json layout {layout} is not supported (expected {DECODE_LAYOUT})");
@@ -368,14 +422,14 @@ pub(crate) fn encode(args: &EncodeArgs) -> Result<ExitCode> {
     let options = WriterOptions::default().with_compression(args.compression.to_compression());
     let mut w = StreamWriter::new(BufWriter::with_capacity(1 << 20, out), header, options)?;
     if let Some(info) = doc.get("info").filter(|i| !i.is_null()) {
-        w.write_info(&value(info, "info")?)?;
+        w.write_info(&value(info, "info", max_depth)?)?;
     }
     for (i, s) in array(&doc, "schemas")?.iter().enumerate() {
         let at = format!("schemas[{i}]");
         w.write_schema(&SchemaRecord {
             type_name: str_field(s, "type", &at)?.to_owned(),
             version: u32_field(s, "version", &at)?,
-            schema: value(field(s, "schema", &at)?, &at)?,
+            schema: value(field(s, "schema", &at)?, &at, max_depth)?,
         })?;
     }
     let mut blocks = Vec::new();
@@ -433,7 +487,7 @@ pub(crate) fn encode(args: &EncodeArgs) -> Result<ExitCode> {
             instance_id: u32_field(d, "instance_id", &at)?,
             type_name: str_field(d, "type", &at)?.to_owned(),
             version: u32_field(d, "version", &at)?,
-            value: value(field(d, "value", &at)?, &at)?,
+            value: value(field(d, "value", &at)?, &at, max_depth)?,
         })?;
     }
     w.finish()?.flush()?;

@@ -56,7 +56,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         Command::Dump(a) => inspect::dump(&a, opts),
         Command::Verify(a) => inspect::verify(&a, opts),
         Command::Decode(a) => decode::decode(&a, opts),
-        Command::Encode(a) => decode::encode(&a),
+        Command::Encode(a) => decode::encode(&a, opts),
         Command::Extract(a) => decode::extract(&a, opts),
         Command::Diff(a) => diff::diff(&a, opts),
         Command::Convert(a) => convert::convert(&a, opts),

@@ -430,3 +430,69 @@ fn extract_and_dump_of_qemu_stream_match_its_conversion() {
     let direct = ok(&vmstream(&["dump", "testdata/qemu/q35-7.2.mig"]));
     assert!(direct.contains("apicbase = u32 0xfee00900"), "{direct}");
 }
+
+#[test]
+fn values_as_deep_as_the_limit_survive_decode_and_encode() {
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().expect("utf8").to_owned();
+    let d = t.path().join("d");
+    ok(&vmstream(&[
+        "decode",
+        "testdata/good/sample.vms",
+        "--out",
+        &s(&d),
+    ]));
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.join("stream.json")).unwrap()).unwrap();
+    // the new value does not follow the device's schema
+    doc["schemas"] = serde_json::json!([]);
+    // nested sequences and maps, `depth` containers deep (the default limit is 128)
+    let nested = |depth: usize| {
+        let mut v = String::from(r#"{"u8": 7}"#);
+        for i in 0..depth {
+            v = if i % 2 == 0 {
+                format!(r#"{{"seq": [{v}]}}"#)
+            } else {
+                format!(r#"{{"map": [[{{"u8": 1}}, {v}]]}}"#)
+            };
+        }
+        v
+    };
+    for (depth, readable) in [(128, true), (129, false)] {
+        let dir = t.path().join(format!("deep{depth}"));
+        fs::create_dir(&dir).unwrap();
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+        let devices = doc["devices"].as_array().unwrap();
+        let first = serde_json::to_string(&devices[0]).unwrap();
+        let deep = first.replacen(
+            &serde_json::to_string(&devices[0]["value"]).unwrap(),
+            &nested(depth),
+            1,
+        );
+        let json = serde_json::to_string(&doc)
+            .unwrap()
+            .replacen(&first, &deep, 1);
+        fs::write(dir.join("stream.json"), json).unwrap();
+        let out_file = t.path().join(format!("deep{depth}.vms"));
+        let out = vmstream(&["encode", &s(&dir), "--out", &s(&out_file)]);
+        if readable {
+            ok(&out);
+            ok(&vmstream(&["verify", &s(&out_file)]));
+            let again = t.path().join(format!("again{depth}"));
+            ok(&vmstream(&["decode", &s(&out_file), "--out", &s(&again)]));
+            let back = t.path().join(format!("back{depth}.vms"));
+            ok(&vmstream(&["encode", &s(&again), "--out", &s(&back)]));
+            assert!(fs::read(&back).unwrap() == fs::read(&out_file).unwrap());
+        } else {
+            assert_eq!(out.status.code(), Some(1));
+            assert!(
+                text(&out.stderr).contains("more than Limits::max_depth"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
+}

@@ -192,9 +192,12 @@ impl Header {
         encoded_len(self.writer.len())
     }
 
-    /// Encodes the header. Fails if the writer string or page size is invalid.
+    /// Encodes the header. Fails if the writer string, page size or stream
+    /// kind is invalid (what [`Header::decode`] would refuse).
     pub fn encode(&self) -> Result<Vec<u8>> {
         check_page_size(self.page_size)?;
+        StreamKind::from_code(self.kind.code())
+            .map_err(|_| Error::usage("stream kind 0 is invalid"))?;
         if self.writer.len() > MAX_WRITER_LEN {
             return Err(Error::usage(format!(
                 "writer string is {} bytes; at most {MAX_WRITER_LEN}",
@@ -345,6 +348,14 @@ mod tests {
         assert_eq!(b.len() % 8, 0);
         assert_eq!(Header::total_len(&b).unwrap(), b.len());
         assert_eq!(Header::decode(&b).unwrap(), h);
+    }
+
+    #[test]
+    fn encode_refuses_what_decode_refuses() {
+        let h = Header::new(StreamKind::Other(0), Arch::X86_64, 4096);
+        assert_eq!(h.encode().unwrap_err().kind(), crate::ErrorKind::Usage);
+        let h = Header::new(StreamKind::Other(200), Arch::Other(77), 4096);
+        assert_eq!(Header::decode(&h.encode().unwrap()).unwrap(), h);
     }
 
     #[test]

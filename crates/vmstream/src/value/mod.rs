@@ -96,6 +96,20 @@ impl Value {
         }
     }
 
+    /// How deeply containers nest: 0 for a scalar, 1 for a struct of scalars.
+    /// A reader accepts the value when this is at most [`crate::Limits::max_depth`].
+    pub fn depth(&self) -> u32 {
+        let max =
+            |vals: &mut dyn Iterator<Item = &Value>| vals.map(Value::depth).max().unwrap_or(0);
+        match self {
+            Value::Seq(items) => 1 + max(&mut items.iter()),
+            Value::Struct(fields) => 1 + max(&mut fields.iter().map(|(_, v)| v)),
+            Value::Option(Some(v)) | Value::Enum(_, v) => 1 + v.depth(),
+            Value::Map(entries) => 1 + max(&mut entries.iter().flat_map(|(k, v)| [k, v])),
+            _ => 0,
+        }
+    }
+
     /// The field `name` of a struct value.
     pub fn field(&self, name: &str) -> Option<&Value> {
         match self {
