@@ -3,7 +3,8 @@
 //! Writes `VMSTREAM_BENCH_MIB` (default 1024) MiB of random 4 KiB pages as
 //! checksummed page batches into memory, reads them back (CRC verified, page data
 //! handed out by reference), and copies the same bytes with `copy_from_slice`,
-//! all on one core in one run. `scripts/bench.sh` prints the ratios.
+//! all on one core in one run. It also times CRC32C of the same bytes: each byte
+//! is checksummed on write and again on read. `scripts/bench-pages.sh` prints the ratios.
 
 #![allow(missing_docs)]
 
@@ -99,6 +100,11 @@ fn bench(c: &mut Criterion) {
             dst.copy_from_slice(black_box(&ram));
             black_box(&dst);
         })
+    });
+    // The checksum alone: every byte is checksummed once on write and once on
+    // read, so 2 x this bounds write+read from below.
+    g.bench_function("crc32c", |b| {
+        b.iter(|| black_box(crc32c::crc32c(black_box(&ram))))
     });
     g.bench_function("write", |b| {
         b.iter(|| {
