@@ -16,6 +16,7 @@ use vmstream::{
 };
 use vmstream_qemu::{Event, Sink};
 
+use crate::aligned::Slack;
 use crate::args::{DecodeArgs, EncodeArgs, ExtractArgs};
 use crate::input::{self, Opts};
 
@@ -39,8 +40,9 @@ struct RamFiles {
     blocks: BTreeMap<u32, BlockFile>,
     used_names: HashSet<String>,
     zeros: Vec<u8>,
-    /// Consecutive data pages not yet written: block, file offset, bytes.
-    run: (u32, u64, Vec<u8>),
+    /// Consecutive data pages not yet written: block, file offset, length
+    /// and the bytes (in a buffer placed for fast writes to that offset).
+    run: (u32, u64, usize, Slack),
     /// Block of the last page seen, for QEMU records that leave their block out.
     last_block: Option<u32>,
 }
@@ -56,7 +58,7 @@ impl RamFiles {
             blocks: BTreeMap::new(),
             used_names: HashSet::new(),
             zeros: vec![0; page_size as usize],
-            run: (0, 0, Vec::with_capacity(MAX_RUN)),
+            run: (0, 0, 0, Slack::new(MAX_RUN)),
             last_block: None,
         }
     }
@@ -106,12 +108,12 @@ impl RamFiles {
     fn page(&mut self, block: u32, index: u64, data: Option<&[u8]>) -> Result<()> {
         let ps = self.page_size;
         let at = index * ps;
-        let (run_block, run_start, run) = &self.run;
-        if !run.is_empty()
-            && (*run_block != block
-                || run_start + run.len() as u64 != at
+        let (run_block, run_start, run_len, _) = self.run;
+        if run_len > 0
+            && (run_block != block
+                || run_start + run_len as u64 != at
                 || data.is_none()
-                || run.len() >= MAX_RUN)
+                || run_len + ps as usize > MAX_RUN)
         {
             self.flush()?;
         }
@@ -125,11 +127,15 @@ impl RamFiles {
         let (word, bit) = ((index / 64) as usize, index % 64);
         match data {
             Some(d) => {
-                if self.run.2.is_empty() {
-                    self.run.0 = block;
-                    self.run.1 = at;
+                let (run_block, run_start, run_len, buf) = &mut self.run;
+                if *run_len == 0 {
+                    (*run_block, *run_start) = (block, at);
                 }
-                self.run.2.extend_from_slice(d);
+                let to = buf.for_offset(*run_start);
+                to.get_mut(*run_len..*run_len + d.len())
+                    .context("page larger than the page size")?
+                    .copy_from_slice(d);
+                *run_len += d.len();
                 bf.written[word] |= 1 << bit;
             }
             None if bf.written[word] & (1 << bit) != 0 => {
@@ -143,11 +149,12 @@ impl RamFiles {
 
     /// Writes the pages gathered so far.
     fn flush(&mut self) -> Result<()> {
-        let (block, start, run) = &mut self.run;
-        if !run.is_empty() {
+        let (block, start, len, buf) = &mut self.run;
+        if *len > 0 {
             let bf = self.blocks.get(block).context("unknown RAM block")?;
-            bf.file.write_all_at(run, *start)?;
-            run.clear();
+            bf.file
+                .write_all_at(&buf.for_offset(*start)[..*len], *start)?;
+            *len = 0;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! command reads one format.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -12,6 +12,7 @@ use vmstream::header::FEATURE_QEMU_FRAMING;
 use vmstream::{Limits, StreamReader, WriterOptions};
 use vmstream_qemu::ConvertOptions;
 
+use crate::aligned::AlignedReader;
 use crate::progress::ProgressReader;
 
 /// What every command needs to open its inputs.
@@ -83,7 +84,7 @@ pub(crate) fn open(path: &Path) -> Result<(Format, Input)> {
         (Box::new(f), len)
     };
     let what = path.display().to_string();
-    let mut input: Input = Box::new(BufReader::with_capacity(
+    let mut input: Input = Box::new(AlignedReader::with_capacity(
         1 << 20,
         ProgressReader::new(raw, total, &what),
     ));
@@ -159,7 +160,7 @@ fn convert_in_thread(
     let (r, w) = std::io::pipe().context("cannot create a pipe")?;
     let job: Job = Box::new(job);
     let handle = std::thread::spawn(move || job(input, w));
-    Ok(Box::new(BufReader::with_capacity(
+    Ok(Box::new(AlignedReader::with_capacity(
         1 << 20,
         Converted {
             pipe: r,

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod aligned;
 mod args;
 mod convert;
 mod decode;
