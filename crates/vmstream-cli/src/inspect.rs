@@ -197,9 +197,7 @@ pub(crate) fn inspect(args: &InspectArgs, opts: &Opts) -> Result<ExitCode> {
     writeln!(out, "records:   {total} ({})", per.join(", "))?;
     if let Some(info) = &s.info {
         writeln!(out, "info:")?;
-        for line in info.to_string().lines() {
-            writeln!(out, "  {line}")?;
-        }
+        write!(out, "{}", info.display_indented("  "))?;
     }
     writeln!(out, "devices:   {}", s.devices.len())?;
     if !s.devices.is_empty() {
@@ -294,9 +292,7 @@ impl<W: Write> Dump<'_, W> {
                 "device {} (instance {}, type {}, version {}):",
                 d.name, d.instance_id, d.type_name, d.version
             )?;
-            for line in d.value.to_string().lines() {
-                writeln!(self.out, "  {line}")?;
-            }
+            write!(self.out, "{}", d.value.display_indented("  "))?;
         }
         Ok(())
     }

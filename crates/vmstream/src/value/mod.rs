@@ -167,38 +167,69 @@ impl Value {
 
     /// Writes the value as a one-line scalar, or `None` for containers.
     pub fn scalar_text(&self) -> Option<String> {
-        Some(match self {
-            Value::Bool(v) => v.to_string(),
-            Value::U8(v) => format!("{v:#04x}"),
-            Value::U16(v) => format!("{v:#06x}"),
-            Value::U32(v) => format!("{v:#010x}"),
-            Value::U64(v) => format!("{v:#018x}"),
-            Value::I8(v) => v.to_string(),
-            Value::I16(v) => v.to_string(),
-            Value::I32(v) => v.to_string(),
-            Value::I64(v) => v.to_string(),
-            Value::F32(v) => format!("{v:?}"),
-            Value::F64(v) => format!("{v:?}"),
-            Value::Bytes(b) => bytes_text(b),
-            Value::String(s) => format!("{s:?}"),
-            Value::Unit => "()".to_owned(),
-            Value::Option(None) => "none".to_owned(),
-            Value::Seq(v) if v.is_empty() => "[]".to_owned(),
-            Value::Seq(v) => {
-                let bytes: Option<Vec<u8>> = v
-                    .iter()
-                    .map(|i| if let Value::U8(b) = i { Some(*b) } else { None })
-                    .collect();
-                format!("[u8; {}] {}", v.len(), bytes_text(&bytes?))
+        self.is_scalar().then(|| Scalar(self).to_string())
+    }
+
+    /// Whether the value prints on one line: not a non-empty struct, map, enum
+    /// or `Some`, nor a sequence of anything but bytes.
+    fn is_scalar(&self) -> bool {
+        match self {
+            Value::Seq(v) => v.iter().all(|i| matches!(i, Value::U8(_))),
+            Value::Struct(v) => v.is_empty(),
+            Value::Map(v) => v.is_empty(),
+            Value::Option(Some(_)) | Value::Enum(..) => false,
+            _ => true,
+        }
+    }
+
+    /// The [`Display`](fmt::Display) text with every line prefixed by `indent`.
+    pub fn display_indented<'a>(&'a self, indent: &'a str) -> impl fmt::Display + 'a {
+        Lines {
+            value: self,
+            indent,
+        }
+    }
+}
+
+/// A scalar's text (nothing for containers).
+struct Scalar<'a>(&'a Value);
+
+impl fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::U8(v) => write!(f, "{v:#04x}"),
+            Value::U16(v) => write!(f, "{v:#06x}"),
+            Value::U32(v) => write!(f, "{v:#010x}"),
+            Value::U64(v) => write!(f, "{v:#018x}"),
+            Value::I8(v) => write!(f, "{v}"),
+            Value::I16(v) => write!(f, "{v}"),
+            Value::I32(v) => write!(f, "{v}"),
+            Value::I64(v) => write!(f, "{v}"),
+            Value::F32(v) => write!(f, "{v:?}"),
+            Value::F64(v) => write!(f, "{v:?}"),
+            Value::Bytes(b) => write_bytes(f, b.len(), b.iter().copied()),
+            Value::String(s) => write!(f, "{s:?}"),
+            Value::Unit => f.write_str("()"),
+            Value::Option(None) => f.write_str("none"),
+            Value::Seq(v) if v.is_empty() => f.write_str("[]"),
+            Value::Seq(v) if self.0.is_scalar() => {
+                write!(f, "[u8; {}] ", v.len())?;
+                let bytes = v.iter().map(|i| match i {
+                    Value::U8(b) => *b,
+                    _ => 0,
+                });
+                write_bytes(f, v.len(), bytes)
             }
-            Value::Struct(v) if v.is_empty() => "{}".to_owned(),
-            Value::Map(v) if v.is_empty() => "{}".to_owned(),
-            _ => return None,
-        })
+            Value::Struct(v) if v.is_empty() => f.write_str("{}"),
+            Value::Map(v) if v.is_empty() => f.write_str("{}"),
+            _ => Ok(()),
+        }
     }
 }
 
 fn walk<'a>(v: &'a Value, path: &mut String, f: &mut dyn FnMut(&str, &'a Value)) {
+    use std::fmt::Write;
     let len = path.len();
     match v {
         Value::Struct(fields) if !fields.is_empty() => {
@@ -211,26 +242,29 @@ fn walk<'a>(v: &'a Value, path: &mut String, f: &mut dyn FnMut(&str, &'a Value))
                 path.truncate(len);
             }
         }
-        Value::Seq(items)
-            if !items.is_empty() && !items.iter().all(|i| matches!(i, Value::U8(_))) =>
-        {
+        Value::Seq(items) if !v.is_scalar() => {
             for (i, child) in items.iter().enumerate() {
-                path.push_str(&format!("[{i}]"));
+                let _ = write!(path, "[{i}]");
                 walk(child, path, f);
                 path.truncate(len);
             }
         }
         Value::Map(entries) if !entries.is_empty() => {
             for (k, child) in entries {
-                let key = k.scalar_text().unwrap_or_else(|| "?".to_owned());
-                path.push_str(&format!("[{key}]"));
+                // writing to a String cannot fail
+                let _ = if k.is_scalar() {
+                    write!(path, "[{}]", Scalar(k))
+                } else {
+                    path.write_str("[?]")
+                };
                 walk(child, path, f);
                 path.truncate(len);
             }
         }
         Value::Option(Some(inner)) => walk(inner, path, f),
         Value::Enum(name, payload) => {
-            path.push_str(&format!("::{name}"));
+            path.push_str("::");
+            path.push_str(name);
             walk(payload, path, f);
             path.truncate(len);
         }
@@ -239,32 +273,59 @@ fn walk<'a>(v: &'a Value, path: &mut String, f: &mut dyn FnMut(&str, &'a Value))
 }
 
 /// Short text for a byte string: hex, cut after 32 bytes with the total length.
-fn bytes_text(b: &[u8]) -> String {
+fn write_bytes(
+    f: &mut fmt::Formatter<'_>,
+    len: usize,
+    bytes: impl Iterator<Item = u8>,
+) -> fmt::Result {
     const SHOWN: usize = 32;
-    let mut s = String::with_capacity(2 * SHOWN.min(b.len()) + 16);
-    for byte in b.iter().take(SHOWN) {
-        s.push_str(&format!("{byte:02x}"));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 2 * SHOWN];
+    let mut n = 0;
+    for byte in bytes.take(SHOWN) {
+        text[n] = HEX[usize::from(byte >> 4)];
+        text[n + 1] = HEX[usize::from(byte & 15)];
+        n += 2;
     }
-    if b.len() > SHOWN {
-        s.push_str(&format!("... ({} bytes)", b.len()));
-    } else if b.is_empty() {
-        s.push_str("(0 bytes)");
+    f.write_str(std::str::from_utf8(&text[..n]).map_err(|_| fmt::Error)?)?;
+    if len > SHOWN {
+        write!(f, "... ({len} bytes)")
+    } else if len == 0 {
+        f.write_str("(0 bytes)")
+    } else {
+        Ok(())
     }
-    s
+}
+
+/// One `path = type value` line per leaf, each after an indent.
+struct Lines<'a> {
+    value: &'a Value,
+    indent: &'a str,
+}
+
+impl fmt::Display for Lines<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut result = Ok(());
+        self.value.walk_leaves(&mut |path, leaf| {
+            if result.is_ok() {
+                let path = if path.is_empty() { "." } else { path };
+                result = writeln!(
+                    f,
+                    "{}{path} = {} {}",
+                    self.indent,
+                    leaf.type_name(),
+                    Scalar(leaf)
+                );
+            }
+        });
+        result
+    }
 }
 
 impl fmt::Display for Value {
     /// One `path = type value` line per leaf.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut result = Ok(());
-        self.walk_leaves(&mut |path, leaf| {
-            if result.is_ok() {
-                let text = leaf.scalar_text().unwrap_or_default();
-                let path = if path.is_empty() { "." } else { path };
-                result = writeln!(f, "{path} = {} {text}", leaf.type_name());
-            }
-        });
-        result
+        self.display_indented("").fmt(f)
     }
 }
 
@@ -290,6 +351,26 @@ mod tests {
         assert_eq!(
             v.to_string(),
             "a = u8 0x01\nq[0].h = u16 0x0007\nq[1].h = u16 0x0009\n"
+        );
+    }
+
+    #[test]
+    fn scalar_texts() {
+        let long: Vec<u8> = (0..40).collect();
+        let text = Value::Bytes(long).scalar_text().unwrap();
+        assert_eq!(
+            text,
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f... (40 bytes)"
+        );
+        assert_eq!(Value::Bytes(vec![]).scalar_text().unwrap(), "(0 bytes)");
+        let seq = Value::Seq(vec![Value::U8(0xab), Value::U8(1)]);
+        assert_eq!(seq.scalar_text().unwrap(), "[u8; 2] ab01");
+        assert_eq!(Value::Seq(vec![]).scalar_text().unwrap(), "[]");
+        assert_eq!(Value::Seq(vec![Value::U16(1)]).scalar_text(), None);
+        let map = Value::Map(vec![(Value::String("k".into()), Value::I8(-3))]);
+        assert_eq!(
+            map.display_indented("> ").to_string(),
+            "> [\"k\"] = i8 -3\n"
         );
     }
 }
