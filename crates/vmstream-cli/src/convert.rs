@@ -1,11 +1,10 @@
 //! `vmstream convert`: QEMU <-> vmstream, in files or pipes.
 
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use crate::aligned::AlignedWriter;
 use crate::args::{ConvertArgs, Target};
 use crate::input::{self, Format, Opts};
 
@@ -50,7 +49,7 @@ pub(crate) fn convert(args: &ConvertArgs, opts: &Opts) -> Result<ExitCode> {
         partial = Some(tmp);
         Box::new(f)
     };
-    let out = AlignedWriter::with_capacity(1 << 20, out);
+    let out = BufWriter::with_capacity(1 << 20, out);
     let what = args.input.display();
     let mut out = match (format, target) {
         (Format::Qemu, Target::Vmstream) => {

@@ -16,7 +16,6 @@ use vmstream::{
 };
 use vmstream_qemu::{Event, Sink};
 
-use crate::aligned::Slack;
 use crate::args::{DecodeArgs, EncodeArgs, ExtractArgs};
 use crate::input::{self, Opts};
 
@@ -40,11 +39,19 @@ struct RamFiles {
     blocks: BTreeMap<u32, BlockFile>,
     used_names: HashSet<String>,
     zeros: Vec<u8>,
-    /// Consecutive data pages not yet written: block, file offset, length
-    /// and the bytes (in a buffer placed for fast writes to that offset).
-    run: (u32, u64, usize, Slack),
+    /// Consecutive data pages not yet written.
+    run: Run,
     /// Block of the last page seen, for QEMU records that leave their block out.
     last_block: Option<u32>,
+}
+
+/// Consecutive data pages of one block, written together.
+#[derive(Default)]
+struct Run {
+    block: u32,
+    /// File offset of the first page.
+    start: u64,
+    data: Vec<u8>,
 }
 
 /// Most bytes gathered into one write.
@@ -58,7 +65,7 @@ impl RamFiles {
             blocks: BTreeMap::new(),
             used_names: HashSet::new(),
             zeros: vec![0; page_size as usize],
-            run: (0, 0, 0, Slack::new(MAX_RUN)),
+            run: Run::default(),
             last_block: None,
         }
     }
@@ -108,12 +115,12 @@ impl RamFiles {
     fn page(&mut self, block: u32, index: u64, data: Option<&[u8]>) -> Result<()> {
         let ps = self.page_size;
         let at = index * ps;
-        let (run_block, run_start, run_len, _) = self.run;
-        if run_len > 0
-            && (run_block != block
-                || run_start + run_len as u64 != at
+        let run = &self.run;
+        if !run.data.is_empty()
+            && (run.block != block
+                || run.start + run.data.len() as u64 != at
                 || data.is_none()
-                || run_len + ps as usize > MAX_RUN)
+                || run.data.len() >= MAX_RUN)
         {
             self.flush()?;
         }
@@ -127,15 +134,10 @@ impl RamFiles {
         let (word, bit) = ((index / 64) as usize, index % 64);
         match data {
             Some(d) => {
-                let (run_block, run_start, run_len, buf) = &mut self.run;
-                if *run_len == 0 {
-                    (*run_block, *run_start) = (block, at);
+                if self.run.data.is_empty() {
+                    (self.run.block, self.run.start) = (block, at);
                 }
-                let to = buf.for_offset(*run_start);
-                to.get_mut(*run_len..*run_len + d.len())
-                    .context("page larger than the page size")?
-                    .copy_from_slice(d);
-                *run_len += d.len();
+                self.run.data.extend_from_slice(d);
                 bf.written[word] |= 1 << bit;
             }
             None if bf.written[word] & (1 << bit) != 0 => {
@@ -149,12 +151,11 @@ impl RamFiles {
 
     /// Writes the pages gathered so far.
     fn flush(&mut self) -> Result<()> {
-        let (block, start, len, buf) = &mut self.run;
-        if *len > 0 {
-            let bf = self.blocks.get(block).context("unknown RAM block")?;
-            bf.file
-                .write_all_at(&buf.for_offset(*start)[..*len], *start)?;
-            *len = 0;
+        let run = &mut self.run;
+        if !run.data.is_empty() {
+            let bf = self.blocks.get(&run.block).context("unknown RAM block")?;
+            bf.file.write_all_at(&run.data, run.start)?;
+            run.data.clear();
         }
         Ok(())
     }
