@@ -43,6 +43,8 @@ struct RamFiles {
     run: Run,
     /// Block of the last page seen, for QEMU records that leave their block out.
     last_block: Option<u32>,
+    /// Bytes of page bitmaps still allowed (`Limits::max_alloc`).
+    bitmap_left: u64,
 }
 
 /// Consecutive data pages of one block, written together.
@@ -58,8 +60,9 @@ struct Run {
 const MAX_RUN: usize = 1 << 20;
 
 impl RamFiles {
-    fn new(dir: &Path, page_size: u32) -> RamFiles {
+    fn new(dir: &Path, page_size: u32, limits: &vmstream::Limits) -> RamFiles {
         RamFiles {
+            bitmap_left: limits.max_alloc,
             dir: dir.to_owned(),
             page_size: page_size.into(),
             blocks: BTreeMap::new(),
@@ -71,6 +74,13 @@ impl RamFiles {
     }
 
     fn add(&mut self, b: RamBlock) -> Result<()> {
+        let words = (b.size / self.page_size).div_ceil(64);
+        self.bitmap_left = self.bitmap_left.checked_sub(words * 8).with_context(|| {
+            format!(
+                "RAM block {:?} of {} bytes: tracking its pages needs more than Limits::max_alloc (--max-alloc-mib)",
+                b.name, b.size
+            )
+        })?;
         let mut name = sanitize(&b.name);
         if !self.used_names.insert(name.clone()) {
             name = format!("{name}-{}", b.id);
@@ -88,9 +98,7 @@ impl RamFiles {
             .with_context(|| format!("cannot create {}", path.display()))?;
         file.set_len(b.size)
             .with_context(|| format!("cannot size {}", path.display()))?;
-        let pages = b.size / self.page_size;
-        let written =
-            vec![0u64; usize::try_from(pages.div_ceil(64)).context("RAM block too large")?];
+        let written = vec![0u64; usize::try_from(words).context("RAM block too large")?];
         self.blocks.insert(
             b.id,
             BlockFile {
@@ -257,7 +265,7 @@ pub(crate) fn decode(args: &DecodeArgs, opts: &Opts) -> Result<ExitCode> {
     prepare_dir(&args.out)?;
     let (format, mut r) = input::records(&args.file, opts)?;
     let h = r.header().clone();
-    let mut ram = RamFiles::new(&args.out, h.page_size);
+    let mut ram = RamFiles::new(&args.out, h.page_size, &opts.limits);
     let mut info = Json::Null;
     let mut schemas = Vec::new();
     let mut devices = Vec::new();
@@ -511,19 +519,21 @@ pub(crate) fn extract(args: &ExtractArgs, opts: &Opts) -> Result<ExitCode> {
         input::Format::Qemu => {
             let copts = opts.convert_options(&args.file, false)?;
             let mut sink = ExtractSink {
-                ram: RamFiles::new(&args.out, 4096),
+                ram: RamFiles::new(&args.out, 4096, &opts.limits),
                 failed: None,
             };
             let r = vmstream_qemu::read_qemu(input, &mut sink, &copts);
             if let Some(e) = sink.failed {
-                return Err(e.context(what()));
+                // the reader knows where in the stream the sink failed
+                let at = r.err().map(|re| format!(" (at {})", re.location()));
+                return Err(e.context(format!("{}{}", what(), at.unwrap_or_default())));
             }
             r.with_context(what)?;
             sink.ram
         }
         input::Format::Vmstream => {
             let mut r = input::reader(input, &args.file, opts)?;
-            let mut ram = RamFiles::new(&args.out, r.header().page_size);
+            let mut ram = RamFiles::new(&args.out, r.header().page_size, &opts.limits);
             while let Some(item) = r.next().with_context(what)? {
                 match item.record {
                     Record::RamBlocks(blocks) => {
