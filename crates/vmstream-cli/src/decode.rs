@@ -75,12 +75,7 @@ impl RamFiles {
 
     fn add(&mut self, b: RamBlock) -> Result<()> {
         let words = (b.size / self.page_size).div_ceil(64);
-        self.bitmap_left = self.bitmap_left.checked_sub(words * 8).with_context(|| {
-            format!(
-                "RAM block {:?} of {} bytes: tracking its pages needs more than Limits::max_alloc (--max-alloc-mib)",
-                b.name, b.size
-            )
-        })?;
+        let written = input::page_table(&mut self.bitmap_left, &b.name, b.size, words)?;
         let mut name = sanitize(&b.name);
         if !self.used_names.insert(name.clone()) {
             name = format!("{name}-{}", b.id);
@@ -98,7 +93,6 @@ impl RamFiles {
             .with_context(|| format!("cannot create {}", path.display()))?;
         file.set_len(b.size)
             .with_context(|| format!("cannot size {}", path.display()))?;
-        let written = vec![0u64; usize::try_from(words).context("RAM block too large")?];
         self.blocks.insert(
             b.id,
             BlockFile {
@@ -281,7 +275,8 @@ pub(crate) fn decode(args: &DecodeArgs, opts: &Opts) -> Result<ExitCode> {
             })),
             Record::RamBlocks(blocks) => {
                 for b in blocks {
-                    ram.add(b)?;
+                    ram.add(b)
+                        .with_context(|| args.file.display().to_string())?;
                 }
             }
             Record::Pages(batch) => ram.apply(&batch)?,
@@ -538,7 +533,7 @@ pub(crate) fn extract(args: &ExtractArgs, opts: &Opts) -> Result<ExitCode> {
                 match item.record {
                     Record::RamBlocks(blocks) => {
                         for b in blocks {
-                            ram.add(b)?;
+                            ram.add(b).with_context(what)?;
                         }
                     }
                     Record::Pages(batch) => ram.apply(&batch)?,

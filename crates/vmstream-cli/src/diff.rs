@@ -31,6 +31,7 @@ fn fingerprint(data: &[u8]) -> u64 {
 fn load(path: &Path, opts: &Opts) -> Result<Snapshot> {
     let (_, mut r) = input::image_records(path, opts)?;
     let page_size = u64::from(r.header().page_size);
+    let mut budget = opts.limits.max_alloc;
     let mut snap = Snapshot {
         devices: BTreeMap::new(),
         blocks: BTreeMap::new(),
@@ -43,10 +44,11 @@ fn load(path: &Path, opts: &Opts) -> Result<Snapshot> {
             }
             Record::RamBlocks(blocks) => {
                 for b in blocks {
-                    let pages =
-                        usize::try_from(b.size / page_size).context("RAM block too large")?;
+                    let pages = b.size / page_size;
+                    let fps = input::page_table(&mut budget, &b.name, b.size, pages)
+                        .with_context(|| path.display().to_string())?;
                     names.insert(b.id, b.name.clone());
-                    snap.blocks.insert(b.name, (b.size, vec![0; pages]));
+                    snap.blocks.insert(b.name, (b.size, fps));
                 }
             }
             Record::Pages(batch) => {

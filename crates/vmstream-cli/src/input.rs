@@ -55,6 +55,24 @@ impl Opts {
     }
 }
 
+/// Bookkeeping for a RAM block of `size` bytes: `entries` values of `T`,
+/// charged against `budget` (what is left of `Limits::max_alloc`), so a hostile
+/// block list cannot make a command allocate terabytes.
+pub(crate) fn page_table<T: Clone + Default>(
+    budget: &mut u64,
+    name: &str,
+    size: u64,
+    entries: u64,
+) -> Result<Vec<T>> {
+    let bytes = entries.saturating_mul(std::mem::size_of::<T>() as u64);
+    *budget = budget.checked_sub(bytes).with_context(|| {
+        format!(
+            "RAM block {name:?} of {size} bytes: tracking its pages needs more than Limits::max_alloc (--max-alloc-mib)"
+        )
+    })?;
+    Ok(vec![T::default(); usize::try_from(entries)?])
+}
+
 /// Input formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {

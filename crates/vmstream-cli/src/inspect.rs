@@ -50,6 +50,7 @@ fn summarize(path: &std::path::Path, opts: &Opts) -> Result<Summary> {
     let (format, mut r) = input::records(path, opts)?;
     let header = r.header().clone();
     let page_size = u64::from(header.page_size);
+    let mut budget = opts.limits.max_alloc;
     let mut s = Summary {
         format,
         header,
@@ -73,7 +74,8 @@ fn summarize(path: &std::path::Path, opts: &Opts) -> Result<Summary> {
             }),
             Record::RamBlocks(blocks) => {
                 for b in blocks {
-                    let pages = usize::try_from(b.size / page_size).unwrap_or(usize::MAX);
+                    let last = input::page_table(&mut budget, &b.name, b.size, b.size / page_size)
+                        .with_context(|| path.display().to_string())?;
                     s.blocks.insert(
                         b.id,
                         BlockStats {
@@ -81,7 +83,7 @@ fn summarize(path: &std::path::Path, opts: &Opts) -> Result<Summary> {
                             size: b.size,
                             page_size: b.page_size,
                             flags: b.flags,
-                            last: vec![0; pages],
+                            last,
                             ..Default::default()
                         },
                     );

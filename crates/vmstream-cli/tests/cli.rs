@@ -498,7 +498,7 @@ fn values_as_deep_as_the_limit_survive_decode_and_encode() {
 }
 
 #[test]
-fn extract_refuses_a_ram_block_beyond_the_limits_before_creating_it() {
+fn a_ram_block_beyond_the_limits_is_refused_by_every_command() {
     // QEVM v3, section-start "ram" v4, a block list claiming a 4 PiB block
     let size: u64 = 1 << 52;
     let mut mig = b"QEVM\0\0\0\x03\x01\0\0\0\x02\x03ram\0\0\0\0\0\0\0\x04".to_vec();
@@ -508,12 +508,17 @@ fn extract_refuses_a_ram_block_beyond_the_limits_before_creating_it() {
     mig.extend_from_slice(&0x10u64.to_be_bytes());
     let t = tempfile::tempdir().unwrap();
     let out_dir = t.path().join("x");
-    let out = vmstream_stdin(&["extract", "-", "--out", out_dir.to_str().unwrap()], &mig);
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("Limits::max_alloc") && err.contains("offset"),
-        "{err}"
-    );
-    assert!(dir_files(&out_dir).is_empty());
+    let out_dir = out_dir.to_str().unwrap();
+    for args in [
+        &["extract", "-", "--out", out_dir][..],
+        &["decode", "-", "--out", out_dir],
+        &["inspect", "-"],
+        &["diff", "-", "testdata/qemu/q35-7.2.mig"],
+    ] {
+        let out = vmstream_stdin(args, &mig);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("Limits::max_alloc"), "{args:?}: {err}");
+        assert!(dir_files(Path::new(out_dir)).is_empty());
+    }
 }
