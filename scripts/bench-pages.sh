@@ -16,6 +16,4 @@ print(f"{mib} MiB of 4 KiB random pages, medians:")
 for name in ["memcpy", "crc32c", "write", "read", "write+read"]:
     t = median(name)
     print(f"  {name:<11} {t*1000:9.1f} ms  {mib/1024/t:6.2f} GiB/s  {m/t:5.2f}x memcpy")
-floor = m + 2 * median("crc32c")
-print(f"  bound for write+read (memcpy + 2 x crc32c): {floor*1000:.1f} ms = {m/floor:.2f}x memcpy")
 PY

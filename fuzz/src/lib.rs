@@ -145,7 +145,7 @@ fn le_u32(b: &[u8], at: usize) -> Option<u32> {
 }
 
 fn put_crc(b: &mut [u8], covered: std::ops::Range<usize>) {
-    let crc = crc32c::crc32c(&b[covered.clone()]);
+    let crc = vmstream::crc32c(&b[covered.clone()]);
     b[covered.end..covered.end + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -154,7 +154,7 @@ fn put_crc(b: &mut [u8], covered: std::ops::Range<usize>) {
 /// checksum. Returns whether anything changed. Lengths are taken as they are:
 /// a frame that does not fit in `data` ends the walk.
 pub fn fix_crcs(data: &mut [u8]) -> bool {
-    let before = crc32c::crc32c(data);
+    let before = vmstream::crc32c(data);
     let Some(hlen) = le_u32(data, 12) else {
         return false;
     };
@@ -175,12 +175,12 @@ pub fn fix_crcs(data: &mut [u8]) -> bool {
         put_crc(data, off..off + total - 4);
         off += total;
     }
-    crc32c::crc32c(data) != before
+    vmstream::crc32c(data) != before
 }
 
 /// A short stable fingerprint of some bytes.
 pub fn digest(b: &[u8]) -> String {
-    format!("{}b/{:08x}", b.len(), crc32c::crc32c(b))
+    format!("{}b/{:08x}", b.len(), vmstream::crc32c(b))
 }
 
 /// The canonical binary form of a value, encoded with a fresh name table: two

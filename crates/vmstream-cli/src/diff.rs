@@ -24,7 +24,7 @@ fn fingerprint(data: &[u8]) -> u64 {
         return 0;
     }
     let (a, b) = data.split_at(data.len() / 2);
-    let fp = (u64::from(crc32c::crc32c(a)) << 32) | u64::from(crc32c::crc32c(b));
+    let fp = (u64::from(vmstream::crc32c(a)) << 32) | u64::from(vmstream::crc32c(b));
     fp.max(1)
 }
 

@@ -218,7 +218,7 @@ impl Header {
         out.push(self.writer.len() as u8);
         out.extend_from_slice(self.writer.as_bytes());
         out.resize(len - 4, 0);
-        let crc = crc32c::crc32c(&out);
+        let crc = crate::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         Ok(out)
     }
@@ -257,7 +257,7 @@ impl Header {
         };
         let (body, crc_bytes) = all.split_at(len - 4);
         let stored = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
-        let computed = crc32c::crc32c(body);
+        let computed = crate::crc32c(body);
         if stored != computed {
             return Err(Error::malformed(format!(
                 "header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"

@@ -50,6 +50,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod crc;
 mod cursor;
 mod de;
 mod error;
@@ -62,6 +63,7 @@ mod ser;
 pub mod value;
 pub mod write;
 
+pub use crc::{crc32c, Crc32c};
 pub use de::{from_device, from_value};
 pub use error::{Error, ErrorKind, Location, Result};
 pub use header::{Arch, Header, StreamKind};

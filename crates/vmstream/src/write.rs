@@ -3,12 +3,14 @@
 use std::collections::HashMap;
 use std::io::Write;
 
+use crate::crc::Crc32c;
 use crate::error::{Error, Result};
 use crate::header::{Header, FEATURE_INDEX, FEATURE_LZ4, FEATURE_ZSTD};
 use crate::record::{
     encode_end, encode_index, encode_names, encode_ram_blocks, encode_str, frame_into,
     padded_body_len, Compression, DeviceState, End, IndexEntry, PageKind, RamBlock, RecordKind,
-    SchemaRecord, FLAG_OPTIONAL, MAX_BATCH_PAGES, PAGES_FIXED_LEN, RECORD_HEADER_LEN,
+    SchemaRecord, FLAG_OPTIONAL, MAX_BATCH_PAGES, PAGES_DATA_ALIGN, PAGES_FIXED_LEN,
+    RECORD_HEADER_LEN,
 };
 use crate::value::{encode, NameTable, Value};
 
@@ -398,11 +400,21 @@ impl<W: Write> StreamWriter<W> {
         data: &[&[u8]],
     ) -> Result<()> {
         let raw_len: usize = data.iter().map(|d| d.len()).sum();
-        let mut fixed = Vec::with_capacity(PAGES_FIXED_LEN + entries.len() * 8);
+        let table_len = PAGES_FIXED_LEN + entries.len() * 8;
+        // Uncompressed data starts on a PAGES_DATA_ALIGN boundary of the stream.
+        let data_pad = match self.options.compression {
+            Compression::None if raw_len > 0 => {
+                let data_at = self.offset + (RECORD_HEADER_LEN + table_len) as u64;
+                let align = PAGES_DATA_ALIGN as u64;
+                (data_at.next_multiple_of(align) - data_at) as usize
+            }
+            _ => 0,
+        };
+        let mut fixed = Vec::with_capacity(table_len + data_pad);
         fixed.extend_from_slice(&block.to_le_bytes());
         fixed.extend_from_slice(&epoch.to_le_bytes());
         fixed.push(self.options.compression.code());
-        fixed.extend_from_slice(&[0, 0, 0]);
+        fixed.extend_from_slice(&[data_pad as u8, 0, 0]);
         fixed.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         let stored_len_at = fixed.len();
         fixed.extend_from_slice(&0u32.to_le_bytes());
@@ -419,6 +431,7 @@ impl<W: Write> StreamWriter<W> {
             };
             fixed.extend_from_slice(&((index << 8) | kind.code()).to_le_bytes());
         }
+        fixed.resize(table_len + data_pad, 0);
         let compressed: Option<Vec<u8>> = match self.options.compression {
             Compression::None => None,
             _ if raw_len == 0 => Some(Vec::new()),
@@ -496,17 +509,18 @@ impl<W: Write> StreamWriter<W> {
         hdr[..2].copy_from_slice(&kind.0.to_le_bytes());
         hdr[2..4].copy_from_slice(&flags.to_le_bytes());
         hdr[4..].copy_from_slice(&len32.to_le_bytes());
-        let mut crc = crc32c::crc32c(&hdr);
+        let mut crc = Crc32c::new();
+        crc.update(&hdr);
         self.out.write_all(&hdr)?;
         for p in parts {
-            crc = crc32c::crc32c_append(crc, p);
+            crc.update(p);
             self.out.write_all(p)?;
         }
         let pad = [0u8; 8];
         let pad = &pad[..padded_body_len(len) - len];
-        crc = crc32c::crc32c_append(crc, pad);
+        crc.update(pad);
         self.out.write_all(pad)?;
-        self.out.write_all(&crc.to_le_bytes())?;
+        self.out.write_all(&crc.finish().to_le_bytes())?;
         self.offset += (RECORD_HEADER_LEN + padded_body_len(len) + 4) as u64;
         self.records += 1;
         Ok(())

@@ -478,6 +478,27 @@ fn bad_vectors() -> Vec<(&'static str, Vec<u8>, ErrorKind, &'static str)> {
         ErrorKind::Malformed,
         "raw data length",
     ));
+    // One data page behind a data pad of `pad` bytes holding `fill`.
+    let padded = |pad: u8, fill: u8| {
+        let mut body = pages_body(0, 0, &[(0, 2)], &[], 0, None);
+        body[9] = pad;
+        body[16..20].copy_from_slice(&4096u32.to_le_bytes());
+        body.resize(body.len() + usize::from(pad), fill);
+        body.extend_from_slice(&[0x5a; 4096]);
+        stream_of(&[one_block(), frame(6, 0, &body), end_record(2)])
+    };
+    v.push((
+        "pages-data-pad-too-large.vms",
+        padded(64, 0),
+        ErrorKind::Malformed,
+        "data pad is 64",
+    ));
+    v.push((
+        "pages-data-pad-not-zero.vms",
+        padded(8, 0xff),
+        ErrorKind::Malformed,
+        "data pad is not zero",
+    ));
     v.push((
         "zstd-garbage.vms",
         stream_of(&[
@@ -756,4 +777,70 @@ proptest! {
 #[test]
 fn writer_is_canonical() {
     assert_eq!(sample_stream(), sample_stream());
+}
+
+/// The writer starts every uncompressed data area on a 64-byte boundary of the
+/// stream, whatever precedes it; compressed batches carry no pad.
+#[test]
+fn page_data_is_cache_line_aligned() {
+    for compression in [Compression::None, Compression::Lz4] {
+        let header = Header::new(StreamKind::Snapshot, Arch::X86_64, PAGE as u32);
+        let options = WriterOptions::default().with_compression(compression);
+        let mut w = StreamWriter::new(Vec::new(), header, options).unwrap();
+        w.write_ram_blocks(&[RamBlock {
+            id: 0,
+            name: "ram".into(),
+            size: 64 * PAGE as u64,
+            page_size: PAGE as u32,
+            flags: 0,
+        }])
+        .unwrap();
+        let mut page = vec![0u8; PAGE];
+        // batches of 1..=7 pages, some zero, with odd-sized records between them
+        let mut index = 0;
+        for n in 1..=7u64 {
+            w.write_info(&Value::String("x".repeat(n as usize * 3)))
+                .unwrap();
+            for i in 0..n {
+                page.fill(if i == 1 { 0 } else { n as u8 });
+                w.write_page(0, 0, index, &page).unwrap();
+                index += 1;
+            }
+            w.flush_pages().unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        let mut r = SliceReader::new(&bytes, Limits::default()).unwrap();
+        let mut seen = 0;
+        while let Some(item) = r.next().unwrap() {
+            if let Record::Pages(b) = &item.record {
+                for data in b.pages().filter_map(|p| p.data) {
+                    seen += 1;
+                    if compression == Compression::None {
+                        let at = data.as_ptr() as usize - bytes.as_ptr() as usize;
+                        assert_eq!(at % 64, 0, "page at stream offset {at}");
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 28 - 6, "{compression:?}");
+    }
+}
+
+/// Readers take any data pad of 0..=63 zero bytes, not only the writer's choice.
+#[test]
+fn any_data_pad_is_read() {
+    for pad in [0u8, 1, 8, 63] {
+        let mut body = pages_body(0, 0, &[(3, 2)], &[], 0, None);
+        body[9] = pad;
+        body[16..20].copy_from_slice(&4096u32.to_le_bytes());
+        body.resize(body.len() + usize::from(pad), 0);
+        body.extend_from_slice(&[0x5a; 4096]);
+        let bytes = stream_of(&[one_block(), frame(6, 0, &body), end_record(2)]);
+        let lines = read_slice(&bytes, Limits::default()).unwrap();
+        let want = format!("3:{}", vmstream_testkit::crc32c(&[0x5a; 4096]));
+        assert!(
+            lines.iter().any(|l| l.contains(&want)),
+            "pad {pad}: {lines:?}"
+        );
+    }
 }
