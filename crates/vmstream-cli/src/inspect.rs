@@ -327,7 +327,7 @@ impl<W: Write> Sink for Dump<'_, W> {
 pub(crate) fn dump(args: &DumpArgs, opts: &Opts) -> Result<ExitCode> {
     let mut dump = Dump {
         args,
-        out: std::io::BufWriter::new(std::io::stdout().lock()),
+        out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
         devices: Vec::new(),
         matched: 0,
     };

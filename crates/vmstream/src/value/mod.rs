@@ -198,10 +198,10 @@ impl fmt::Display for Scalar<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Value::Bool(v) => write!(f, "{v}"),
-            Value::U8(v) => write!(f, "{v:#04x}"),
-            Value::U16(v) => write!(f, "{v:#06x}"),
-            Value::U32(v) => write!(f, "{v:#010x}"),
-            Value::U64(v) => write!(f, "{v:#018x}"),
+            Value::U8(v) => write_hex(f, u64::from(*v), 2),
+            Value::U16(v) => write_hex(f, u64::from(*v), 4),
+            Value::U32(v) => write_hex(f, u64::from(*v), 8),
+            Value::U64(v) => write_hex(f, *v, 16),
             Value::I8(v) => write!(f, "{v}"),
             Value::I16(v) => write!(f, "{v}"),
             Value::I32(v) => write!(f, "{v}"),
@@ -270,6 +270,18 @@ fn walk<'a>(v: &'a Value, path: &mut String, f: &mut dyn FnMut(&str, &'a Value))
         }
         leaf => f(path, leaf),
     }
+}
+
+/// `0x` and `digits` hex digits, zero-padded: what `{v:#0N$x}` prints, in one
+/// `write_str` (the formatter pads one `write_char` at a time, which showed in
+/// `dump` profiles).
+fn write_hex(f: &mut fmt::Formatter<'_>, v: u64, digits: usize) -> fmt::Result {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = *b"0x0000000000000000";
+    for (i, c) in text[2..2 + digits].iter_mut().enumerate() {
+        *c = HEX[((v >> (4 * (digits - 1 - i))) & 15) as usize];
+    }
+    f.write_str(std::str::from_utf8(&text[..2 + digits]).map_err(|_| fmt::Error)?)
 }
 
 /// Short text for a byte string: hex, cut after 32 bytes with the total length.
@@ -363,6 +375,17 @@ mod tests {
             "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f... (40 bytes)"
         );
         assert_eq!(Value::Bytes(vec![]).scalar_text().unwrap(), "(0 bytes)");
+        for v in [0, 1, 0xfe, 0x1234_5678_9abc_def0, u64::MAX] {
+            let texts = [
+                (Value::U8(v as u8), format!("{:#04x}", v as u8)),
+                (Value::U16(v as u16), format!("{:#06x}", v as u16)),
+                (Value::U32(v as u32), format!("{:#010x}", v as u32)),
+                (Value::U64(v), format!("{v:#018x}")),
+            ];
+            for (value, want) in texts {
+                assert_eq!(value.scalar_text().unwrap(), want);
+            }
+        }
         let seq = Value::Seq(vec![Value::U8(0xab), Value::U8(1)]);
         assert_eq!(seq.scalar_text().unwrap(), "[u8; 2] ab01");
         assert_eq!(Value::Seq(vec![]).scalar_text().unwrap(), "[]");
