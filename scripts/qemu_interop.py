@@ -8,6 +8,10 @@ then for every stream checks, as a user would run the `vmstream` command:
 * `verify`, `inspect --json` and `dump --json` work and agree with the stream's own
   description (device count), and the random blob loaded into guest RAM is found
   byte for byte by `extract`;
+* `dump --json` shows every device and field QEMU's `analyze-migration.py -d state`
+  shows, with the same values (RAM block sizes included), for every
+  stream with a vmdesc; the script is $ANALYZE_MIGRATION or fetched from Debian's
+  QEMU source by scripts/fetch-analyze-migration.sh, and not having it is a failure;
 * the round-tripped stream and the `--compact` one load into real QEMU, and the
   guest memory QEMU then migrates out again equals what QEMU migrates out after
   loading the original;
@@ -29,6 +33,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "scripts", "qemu_tool.py")
+FETCH = os.path.join(ROOT, "scripts", "fetch-analyze-migration.sh")
 
 passed = 0
 failed = 0
@@ -82,6 +87,164 @@ def vmdesc_devices(path):
     return None
 
 
+def analyze_migration():
+    """Path of QEMU's analyze-migration.py: $ANALYZE_MIGRATION, else fetched."""
+    path = os.environ.get("ANALYZE_MIGRATION") or run([FETCH]).stdout.decode().strip()
+    if not os.path.isfile(path):
+        raise RuntimeError(f"{path} is not a file")
+    return path
+
+
+# analyze-migration.py's integer types (VMSDFieldInt: signed, VMSDFieldUInt: unsigned);
+# every other leaf type it prints as the hex of the field's bytes.
+SIGNED = {"int8", "int16", "int32", "int64", "int32 equal", "int32 le", "int64 equal", "uint8 equal", "uint16 equal"}
+UNSIGNED = {"uint8", "uint16", "uint32", "uint32 equal", "uint64"}
+INTS = {"u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64"}
+
+
+def by_name(fields):
+    """A description's fields by name in first-seen order, arrays unfolded, as
+    analyze-migration.py reads them: a name seen once is one value, else a list."""
+    r = {}
+    for f in fields:
+        r.setdefault(f["name"], []).extend([f] * f.get("array_len", 1))
+    return r
+
+
+def elements(v, n):
+    """The n values of vmstream's value v of a name seen n times."""
+    if n == 1:
+        return [v]
+    if "seq" not in v or len(v["seq"]) != n:
+        raise ValueError(f"vmstream has {json.dumps(v)[:200]}, not a sequence of {n}")
+    return v["seq"]
+
+
+def listed(p, n):
+    """The n values of analyze-migration.py's value p of a name seen n times."""
+    if n == 1:
+        return [p]
+    if not isinstance(p, list) or len(p) != n:
+        raise ValueError(f"analyze-migration.py shows {json.dumps(p)[:200]}, not a list of {n}")
+    return p
+
+
+def wire(f, v):
+    """The bytes QEMU sent for field description f, rebuilt from vmstream's value v."""
+    (tag, x), = v.items()
+    if tag == "struct":
+        d = f.get("struct", f)  # a "tmp" field holds its fields itself
+        if d.get("subsections"):
+            raise ValueError("subsections inside a field analyze-migration.py shows as bytes")
+        return b"".join(wire(g, e) for name, gs in by_name(d["fields"]).items()
+                        for g, e in zip(gs, elements(x[name], len(gs))))
+    if tag in INTS:
+        return x.to_bytes(f["size"], "big", signed=x < 0)  # "int32 le" is "less or equal", big-endian too
+    if tag == "bool":
+        return bytes([x])
+    if tag == "bytes":
+        return bytes.fromhex(x)
+    if tag == "unit":
+        return b"0"  # nullptr marker
+    raise ValueError(f"no wire form for {tag}")
+
+
+def shown(f, b):
+    """analyze-migration.py's rendering of the bytes b of field description f."""
+    t = f["type"]
+    if t == "bool":
+        return b[0] != 0
+    if t == "nullptr":
+        return "nullptr"
+    if t in SIGNED or t in UNSIGNED:
+        text = "0x%0*x" % (2 * f["size"], int.from_bytes(b, "big"))
+        n = int.from_bytes(b, "big", signed=True)
+        return f"{text} ({n})" if t in SIGNED and n < 0 else text
+    return " ".join(f"{c:02x}" for c in b)
+
+
+class StateDiff:
+    """Compares analyze-migration.py's state with vmstream's, collecting differences."""
+
+    def __init__(self):
+        self.diffs, self.devices, self.fields = [], 0, 0
+
+    def struct(self, py, desc, v, path):
+        if "struct" not in v:
+            self.diffs.append(f"{path}: vmstream has {next(iter(v))}, not fields")
+            return
+        x, fields = v["struct"], by_name(desc.get("fields", []))
+        subs = {s["vmsd_name"]: s for s in desc.get("subsections", [])}
+        for name, p in py.items():
+            here = f"{path}.{name}"
+            if name not in x:
+                self.diffs.append(f"{here}: missing; analyze-migration.py shows {json.dumps(p)[:200]}")
+            elif name in fields:
+                gs = fields[name]
+                try:
+                    pairs = list(zip(gs, listed(p, len(gs)), elements(x[name], len(gs))))
+                except ValueError as e:
+                    self.diffs.append(f"{here}: {e}")
+                    continue
+                for i, (g, pe, ve) in enumerate(pairs):
+                    self.field(pe, g, ve, here if len(gs) == 1 else f"{here}[{i}]")
+            elif name in subs:
+                self.struct(p, subs[name], x[name], here)
+            else:
+                self.diffs.append(f"{here}: not in the vmdesc")
+
+    def field(self, py, f, v, path):
+        if f["type"] == "struct":
+            self.struct(py, f["struct"], v, path)
+            return
+        self.fields += 1
+        try:
+            want = shown(f, wire(f, v))
+        except (ValueError, KeyError, OverflowError, TypeError) as e:
+            self.diffs.append(f"{path}: vmstream's {json.dumps(v)[:200]} does not map: {e}")
+            return
+        if want != py:
+            self.diffs.append(f"{path}: analyze-migration.py {json.dumps(py)[:200]}, vmstream "
+                              f"{json.dumps(v)[:200]} (shown as {json.dumps(want)[:200]})")
+
+    def streams(self, py_state, descs, dump):
+        """analyze-migration.py's sections ("name (section id)") in stream order against
+        vmstream's devices, the n-th of a name with the n-th of that name."""
+        by_key = {(d["name"], d["instance_id"]): d for d in descs}  # the last wins, as there
+        ours, seen = {}, {}
+        for d in dump["devices"]:
+            ours[(d["name"], seen.setdefault(d["name"], 0))] = d
+            seen[d["name"]] += 1
+        seen = {}
+        for key, p in py_state.items():
+            name = key.rsplit(" (", 1)[0]
+            if name == "ram" and "section sizes" in p:
+                sizes = {b["name"]: b["size"] for b in dump["ram_blocks"]}
+                for block, size in p["section sizes"].items():
+                    self.fields += 1
+                    if block not in sizes or int(size, 16) != sizes[block]:
+                        ours = f"{sizes[block]:#018x}" if block in sizes else "no such block"
+                        self.diffs.append(f"{key}: RAM block {block}: analyze-migration.py {size}, "
+                                          f"vmstream dump {ours}")
+                continue
+            n = seen.setdefault(name, 0)
+            seen[name] += 1
+            d = ours.get((name, n))
+            if d is None:
+                self.diffs.append(f"{key}: device missing from vmstream's dump")
+                continue
+            self.devices += 1
+            desc, value = by_key.get((name, d["instance_id"])), d["value"]
+            if desc is None:
+                self.diffs.append(f"{key}: vmstream's instance {d['instance_id']} is not in the vmdesc")
+                continue
+            if "vmsd_name" not in desc and "bytes" in value:
+                # A legacy handler: QEMU describes its body as one buffer named "data";
+                # vmstream keeps the body as bytes.
+                value = {"struct": {"data": value}}
+            self.struct(p, desc, value, key)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the small fixture set")
@@ -99,6 +262,10 @@ def main():
     with open(os.path.join(fixtures, "manifest.json")) as f:
         manifest = json.load(f)
     entries = manifest if isinstance(manifest, list) else manifest.get("fixtures", manifest.get("entries", []))
+    analyze = []
+    compared = {"streams": 0, "devices": 0, "fields": 0}
+    check("analyze-migration.py ($ANALYZE_MIGRATION or scripts/fetch-analyze-migration.sh)",
+          lambda: analyze.append(analyze_migration()))
 
     for e in entries:
         if e.get("skipped"):
@@ -148,6 +315,28 @@ def main():
             if not info["ram_blocks"]:
                 raise RuntimeError("no RAM blocks")
         check(f"{tag}: verify, inspect and dump", tools)
+
+        if not no_vmdesc:
+            def same_state():
+                if not analyze:
+                    raise RuntimeError("no analyze-migration.py to compare with (see above)")
+                stream = src
+                if "xbzrle" in e["features"]:
+                    # analyze-migration.py reads no XBZRLE pages: give it the --compact
+                    # stream, whose device sections are the original's.
+                    stream = base + ".plain.mig"
+                    run([vms, "convert", src, base + ".plain.vms", "--compact"])
+                    run([vms, "convert", base + ".plain.vms", stream, "--to", "qemu"])
+                py = json.loads(run([sys.executable, analyze[0], "-d", "state", "-f", stream]).stdout)
+                dump = json.loads(run([vms, "dump", "--json", src]).stdout)
+                diff = StateDiff()
+                diff.streams(py, vmdesc_devices(src), dump)
+                if diff.diffs:
+                    raise RuntimeError(f"differences ({len(diff.diffs)}):\n     " + "\n     ".join(diff.diffs[:40]))
+                for k, n in (("streams", 1), ("devices", diff.devices), ("fields", diff.fields)):
+                    compared[k] += n
+                print(f"     {diff.devices} devices, {diff.fields} fields")
+            check(f"{tag}: dump shows what analyze-migration.py -d state shows", same_state)
 
         blob = e.get("blob")
         if blob:
@@ -205,6 +394,8 @@ def main():
             check(f"{tag}: 7.2 stream through vmstream loads into QEMU 10.0",
                   lambda: load_and_compare(back, "10.0", "7.2 -> 10.0"))
 
+    print("same state as analyze-migration.py: {streams} streams, {devices} devices, {fields} fields"
+          .format(**compared))
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

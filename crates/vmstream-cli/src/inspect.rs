@@ -271,10 +271,24 @@ struct Dump<'a, W: Write> {
     args: &'a DumpArgs,
     out: W,
     devices: Vec<serde_json::Value>,
+    ram_blocks: Vec<serde_json::Value>,
     matched: usize,
 }
 
 impl<W: Write> Dump<'_, W> {
+    /// RAM blocks as they are defined (not with `--device`): name and size, as
+    /// QEMU's `analyze-migration.py -d state` shows them too.
+    fn ram_block(&mut self, name: &str, size: u64) -> std::io::Result<()> {
+        if self.args.device.is_some() {
+            return Ok(());
+        }
+        if self.args.json {
+            self.ram_blocks.push(json!({ "name": name, "size": size }));
+            return Ok(());
+        }
+        writeln!(self.out, "ram block {name}: size {size:#x}")
+    }
+
     fn device(&mut self, d: &DeviceState) -> std::io::Result<()> {
         if let Some(want) = &self.args.device {
             let full = format!("{}:{}", d.name, d.instance_id);
@@ -301,7 +315,7 @@ impl<W: Write> Dump<'_, W> {
 
     fn finish(mut self) -> Result<()> {
         if self.args.json {
-            let doc = json!({ "devices": self.devices });
+            let doc = json!({ "devices": self.devices, "ram_blocks": self.ram_blocks });
             serde_json::to_writer_pretty(&mut self.out, &doc)?;
             writeln!(self.out)?;
         }
@@ -319,6 +333,12 @@ impl<W: Write> Sink for Dump<'_, W> {
     fn event(&mut self, event: &Event<'_>) -> vmstream::Result<()> {
         match event {
             Event::Device(d) => Ok(self.device(d)?),
+            Event::RamBlocks { blocks, .. } => {
+                for b in blocks.iter() {
+                    self.ram_block(&b.name, b.size)?;
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -329,6 +349,7 @@ pub(crate) fn dump(args: &DumpArgs, opts: &Opts) -> Result<ExitCode> {
         args,
         out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
         devices: Vec::new(),
+        ram_blocks: Vec::new(),
         matched: 0,
     };
     let what = || args.file.display().to_string();
@@ -342,8 +363,14 @@ pub(crate) fn dump(args: &DumpArgs, opts: &Opts) -> Result<ExitCode> {
         Format::Vmstream => {
             let mut r = input::reader(input, &args.file, opts)?;
             while let Some(item) = r.next().with_context(what)? {
-                if let Record::Device(d) = item.record {
-                    dump.device(&d)?;
+                match item.record {
+                    Record::Device(d) => dump.device(&d)?,
+                    Record::RamBlocks(blocks) => {
+                        for b in &blocks {
+                            dump.ram_block(&b.name, b.size)?;
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
