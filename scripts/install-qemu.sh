@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real QEMU peers the interop tests run against:
-#   * QEMU 7.2: Debian bookworm's qemu-system-x86 (+ qemu-utils), installed with
-#     apt-get, no recommends;
+#   * QEMU 7.2: Debian bookworm's qemu-system-x86 and qemu-utils, installed with
+#     apt-get in one call, pinned to one 7.2 version, no recommends, whatever
+#     QEMU packages the machine started with;
 #   * QEMU 10.0.x (10.0.2 today): bookworm-backports' qemu-system-x86, NOT installed but unpacked
 #     (apt-get download + dpkg -x) into target/qemu-10.0/root together with
 #     qemu-system-common, qemu-system-data and every dependency this machine does
@@ -38,14 +39,50 @@ apt_update() {
 }
 
 # --- QEMU 7.2, installed ------------------------------------------------------
-need=()
-qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 7\.2\.' || need+=(qemu-system-x86)
-command -v qemu-img >/dev/null || need+=(qemu-utils)
-command -v unshare >/dev/null || need+=(util-linux)
-command -v mount >/dev/null || need+=(mount)
-if ((${#need[@]})); then
+# One apt call with every QEMU package pinned to the same 7.2 version: the image
+# may already carry QEMU packages of another version (bookworm-backports'
+# qemu-utils 10.0 "Breaks" 7.2's qemu-system-common, so installing
+# qemu-system-x86 alone would remove qemu-img). Any qemu-* package installed at
+# another version is moved to 7.2 in the same call.
+is72() { [[ $1 == 1:7.2* ]]; }
+v72() { apt-cache madison "$1" 2>/dev/null | awk -F'|' '/Packages/ {gsub(/ /, "", $2); print $2}' | grep -m1 '^1:7\.2' || true; }
+pins=()
+want72=(qemu-system-x86 qemu-utils)
+while read -r name ver; do
+    [[ -n $name ]] || continue
+    is72 "$ver" || want72+=("$name")
+done < <(dpkg-query -W -f '${db:Status-Status} ${Package} ${Version}\n' 'qemu-*' 2>/dev/null | awk '$1 == "installed" {print $2, $3}')
+need72=0
+qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 7\.2\.' || need72=1
+for p in "${want72[@]}"; do
+    is72 "$(dpkg-query -W -f '${Version}' "$p" 2>/dev/null || true)" || need72=1
+done
+other=()
+command -v unshare >/dev/null || other+=(util-linux)
+command -v mount >/dev/null || other+=(mount)
+if [[ $need72 == 1 ]] || ((${#other[@]})); then
     apt_update
-    $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    if [[ $need72 == 1 ]]; then
+        v=$(v72 qemu-system-x86)
+        if [[ -z $v ]]; then
+            echo "install-qemu.sh: no QEMU 7.2 (qemu-system-x86 1:7.2*) in the configured apt sources" >&2
+            exit 1
+        fi
+        for p in $(printf '%s\n' "${want72[@]}" | sort -u); do
+            pv=$v
+            [[ $p == qemu-system-x86 ]] || pv=$(v72 "$p")
+            if [[ -n $pv ]]; then
+                pins+=("$p=$pv")
+            elif [[ $p == qemu-utils ]]; then
+                echo "install-qemu.sh: no qemu-utils 1:7.2* in the configured apt sources" >&2
+                exit 1
+            else
+                # An installed qemu-* package without a 7.2 build: 7.2 replaces it.
+                pins+=("$p-")
+            fi
+        done
+    fi
+    $sudo apt-get install -y -qq --no-install-recommends --allow-downgrades "${pins[@]}" "${other[@]}" >/dev/null
 fi
 
 # --- QEMU 10.0.x, unpacked ---------------------------------------------------
@@ -220,5 +257,16 @@ WRAP
     fi
 fi
 
+# --- every program the tests run, run once ----------------------------------
+missing=()
+qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 7\.2\.' || missing+=("qemu-system-x86_64 (QEMU 7.2)")
+have10 || missing+=("target/qemu-10.0/qemu-system-x86_64 (QEMU $want10)")
+qemu-img --version >/dev/null 2>&1 || missing+=(qemu-img)
+unshare --version >/dev/null 2>&1 || missing+=(unshare)
+if ((${#missing[@]})); then
+    echo "install-qemu.sh: missing after install: ${missing[*]}" >&2
+    exit 1
+fi
 echo "QEMU 7.2:  $(qemu-system-x86_64 --version | head -1)"
 echo "QEMU 10.0: $("$top/qemu-system-x86_64" --version | head -1)"
+echo "qemu-img:  $(qemu-img --version | head -1)"
