@@ -1,0 +1,407 @@
+//! The destination side: answer the source's hello, apply pages from every
+//! channel in epoch order, load and verify device state and memory, and run
+//! the VM only when the source says `go`.
+//!
+//! Failure rule: the destination never resumes unless every check passed and
+//! `go` arrived; on any error it reports why (to the source too, when the
+//! main channel still works) and leaves its vCPUs paused.
+
+use std::io::Read;
+use std::sync::{Condvar, Mutex};
+
+use vmstream::{
+    DeviceState, Header, Limits, Record, StreamKind, StreamReader, StreamWriter, WriterOptions,
+};
+
+use crate::link::{Cancel, Connections, Counted, Shared};
+use crate::proto::{self, Control, Local};
+use crate::source::{device_digest, memory_digests, read_control, write_control};
+use crate::stats::{Stats, Status};
+use crate::vm::Vm;
+use crate::Error;
+
+/// Holds every data channel at an epoch barrier until all reached it, so a
+/// page of a later round is never overwritten by an older copy that another
+/// channel delivers late (docs/format.md §6.3).
+struct Gate {
+    reached: Mutex<(Vec<Option<u32>>, bool)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn new(n: usize) -> Gate {
+        Gate {
+            reached: Mutex::new((vec![None; n], false)),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn arrive(&self, channel: usize, epoch: u32) -> Result<(), Error> {
+        let mut g = self
+            .reached
+            .lock()
+            .map_err(|_| Error::internal("gate lock"))?;
+        g.0[channel] = Some(epoch);
+        self.cv.notify_all();
+        while !g.1 && g.0.iter().any(|e| e.is_none_or(|e| e < epoch)) {
+            g = self.cv.wait(g).map_err(|_| Error::internal("gate lock"))?;
+        }
+        if g.1 {
+            return Err(Error::cancelled());
+        }
+        Ok(())
+    }
+
+    fn abort(&self) {
+        if let Ok(mut g) = self.reached.lock() {
+            g.1 = true;
+        }
+        self.cv.notify_all();
+    }
+}
+
+/// Applies one record's pages to guest memory.
+fn apply(
+    vm: &Vm,
+    batch: &vmstream::PageBatch<'_>,
+    zero: &[u8],
+    page_size: u64,
+) -> Result<(), Error> {
+    for p in batch.pages() {
+        let data = p.data.unwrap_or(zero);
+        vm.memory
+            .write(batch.block, p.index * page_size, data)
+            .map_err(|e| {
+                Error::vm(format!(
+                    "writing block {} page {}: {e}",
+                    batch.block, p.index
+                ))
+            })?;
+    }
+    Ok(())
+}
+
+/// Reads one data channel to its end.
+fn receive<R: Read>(
+    vm: &Vm,
+    conn: R,
+    channel: usize,
+    gate: &Gate,
+    page_size: u64,
+) -> Result<(), Error> {
+    let zero = vec![0u8; page_size as usize];
+    let mut r = StreamReader::new(conn, Limits::default())?;
+    check_header(r.state().header(), page_size, channel)?;
+    while let Some(item) = r.next()? {
+        match item.record {
+            Record::Pages(b) => apply(vm, &b, &zero, page_size)?,
+            Record::Epoch(e) => gate.arrive(channel, e)?,
+            Record::RamBlocks(_) | Record::Names { .. } | Record::Info(_) | Record::Index(_) => {}
+            Record::End(_) => return Ok(()),
+            _ => {
+                return Err(Error::peer(format!(
+                    "data channel {channel}: unexpected {:?} record at offset {}",
+                    item.kind, item.offset
+                )))
+            }
+        }
+    }
+    Err(Error::peer(format!(
+        "data channel {channel} ended without an end record"
+    )))
+}
+
+fn check_header(h: &Header, page_size: u64, channel: usize) -> Result<(), Error> {
+    if h.kind != StreamKind::Live || u64::from(h.page_size) != page_size {
+        return Err(Error::peer(format!(
+            "channel {channel}: stream kind {:?} with {}-byte pages, expected a live stream with {page_size}-byte pages",
+            h.kind, h.page_size
+        )));
+    }
+    Ok(())
+}
+
+/// What this destination can load, from its VM.
+pub fn local(vm: &Vm, max_data_channels: u16, compression: &[&str]) -> Result<Local, Error> {
+    let reg = vm
+        .devices
+        .lock()
+        .map_err(|_| Error::internal("device lock"))?;
+    Ok(Local {
+        page_size: vm.memory.page_size(),
+        regions: vm
+            .memory
+            .regions()
+            .into_iter()
+            .map(|r| proto::RegionInfo {
+                id: r.id,
+                name: r.name,
+                size: r.size,
+            })
+            .collect(),
+        features: proto::Features {
+            compression: compression.iter().map(|s| (*s).to_owned()).collect(),
+            checksums: vec!["crc32c".to_owned()],
+        },
+        devices: reg
+            .iter()
+            .map(|d| (d.name().to_owned(), (d.type_name().to_owned(), d.loads())))
+            .collect(),
+        max_data_channels,
+    })
+}
+
+/// Receives a migration into `vm` (whose vCPUs are paused) over `conns`. On
+/// success the vCPUs run; on error they stay paused and nothing of the
+/// incoming state is to be trusted.
+pub fn incoming(
+    vm: &Vm,
+    conns: Connections,
+    local: &Local,
+    stats: &Stats,
+    cancel: &Cancel,
+) -> Result<(), Error> {
+    stats.update(|s| {
+        *s = Default::default();
+        s.status = Some(Status::Setup);
+    });
+    let start = std::time::Instant::now();
+    let r = run(vm, conns, local, stats, cancel);
+    let total = start.elapsed().as_millis() as u64;
+    stats.update(|s| {
+        s.total_time_ms = total;
+        match &r {
+            Ok(()) => s.status = Some(Status::Completed),
+            Err(e) => {
+                s.status = Some(if e.is_cancel() {
+                    Status::Cancelled
+                } else {
+                    Status::Failed
+                });
+                s.error.get_or_insert(e.to_string());
+            }
+        }
+    });
+    if r.is_err() {
+        cancel.cancel();
+    }
+    r
+}
+
+fn run(
+    vm: &Vm,
+    conns: Connections,
+    local: &Local,
+    stats: &Stats,
+    cancel: &Cancel,
+) -> Result<(), Error> {
+    cancel.watch(conns.main.cutter());
+    for d in &conns.data {
+        cancel.watch(d.cutter());
+    }
+    let page_size = u64::from(local.page_size);
+    let (w, r) = Shared::new(conns.main);
+    let mut main = StreamReader::new(r, Limits::default())?;
+    check_header(main.state().header(), page_size, 0)?;
+    let header = Header::new(
+        StreamKind::Live,
+        main.state().header().arch,
+        local.page_size,
+    );
+    let mut back = StreamWriter::new(
+        Counted(w, stats.counters.transferred.clone()),
+        header,
+        WriterOptions::default().with_index(false),
+    )?;
+    let hello = match read_control(&mut main)? {
+        Control::Hello(h) => h,
+        other => return Err(Error::peer(format!("expected hello, got {}", other.name()))),
+    };
+    let accept = match proto::negotiate(&hello, local) {
+        Ok(a) => a,
+        Err(reason) => {
+            let _ = write_control(
+                &mut back,
+                &Control::Refuse {
+                    reason: reason.clone(),
+                },
+            );
+            return Err(Error::refused(reason));
+        }
+    };
+    if usize::from(hello.data_channels) != conns.data.len() {
+        let reason = format!(
+            "the source announced {} data channels, {} connected",
+            hello.data_channels,
+            conns.data.len()
+        );
+        let _ = write_control(
+            &mut back,
+            &Control::Refuse {
+                reason: reason.clone(),
+            },
+        );
+        return Err(Error::refused(reason));
+    }
+    write_control(&mut back, &Control::Accept(accept.clone()))?;
+    stats.update(|s| s.status = Some(Status::Active));
+
+    let fail = |back: &mut StreamWriter<_>, e: Error| -> Error {
+        let _ = write_control(
+            back,
+            &Control::Failed {
+                reason: e.to_string(),
+            },
+        );
+        e
+    };
+    let gate = Gate::new(conns.data.len());
+    let (devices, digests) = std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for (k, c) in conns.data.into_iter().enumerate() {
+            let gate = &gate;
+            handles.push(scope.spawn(move || {
+                let r = receive(vm, c, k, gate, page_size);
+                if r.is_err() {
+                    gate.abort();
+                }
+                r
+            }));
+        }
+        let main_result = (|| -> Result<(Vec<DeviceState>, proto::Digests), Error> {
+            let zero = vec![0u8; page_size as usize];
+            let mut devices = Vec::new();
+            loop {
+                let Some(item) = main.next()? else {
+                    return Err(Error::peer("main channel ended before complete"));
+                };
+                match item.record {
+                    Record::Pages(b) => apply(vm, &b, &zero, page_size)?,
+                    Record::Epoch(_) => stats.update(|s| s.dirty_sync_count += 1),
+                    Record::Device(d) => {
+                        stats.update(|s| s.status = Some(Status::Device));
+                        devices.push(d)
+                    }
+                    Record::Other(raw) if raw.kind == proto::CONTROL => {
+                        match Control::decode(raw.body).map_err(Error::peer)? {
+                            Control::Complete(d) => return Ok((devices, d)),
+                            Control::Failed { reason } => {
+                                return Err(Error::peer(format!("source failed: {reason}")))
+                            }
+                            other => {
+                                return Err(Error::peer(format!(
+                                    "unexpected {} during precopy",
+                                    other.name()
+                                )))
+                            }
+                        }
+                    }
+                    Record::Info(_)
+                    | Record::RamBlocks(_)
+                    | Record::Names { .. }
+                    | Record::Index(_) => {}
+                    _ => {
+                        return Err(Error::peer(format!(
+                            "main channel: unexpected {:?} record at offset {}",
+                            item.kind, item.offset
+                        )))
+                    }
+                }
+            }
+        })();
+        if main_result.is_err() {
+            gate.abort();
+            cancel.cancel();
+        }
+        let mut first: Option<Error> = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    if first
+                        .as_ref()
+                        .is_none_or(|f| f.is_cancel() && !e.is_cancel())
+                    {
+                        first = Some(e);
+                    }
+                }
+                Err(_) => {
+                    first.get_or_insert(Error::internal("a channel thread panicked"));
+                }
+            }
+        }
+        match (main_result, first) {
+            (Err(e), Some(f)) if e.is_cancel() && !f.is_cancel() => Err(f),
+            (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+            (Ok(v), None) => Ok(v),
+        }
+    })
+    .map_err(|e| fail(&mut back, e))?;
+
+    // Load and verify.
+    let check = (|| -> Result<(), Error> {
+        let mut reg = vm
+            .devices
+            .lock()
+            .map_err(|_| Error::internal("device lock"))?;
+        for d in &devices {
+            let want = accept.devices.get(&d.name).copied();
+            if want != Some(d.version) {
+                return Err(Error::peer(format!(
+                    "device {}: state version {} sent, {:?} negotiated",
+                    d.name, d.version, want
+                )));
+            }
+            let dev = reg
+                .get_mut(&d.name)
+                .ok_or_else(|| Error::peer(format!("device {} is unknown here", d.name)))?;
+            dev.load(d.version, &d.value).map_err(|e| {
+                Error::vm(format!(
+                    "loading device {} ({} v{}): {e}",
+                    d.name, d.type_name, d.version
+                ))
+            })?;
+            let again = dev
+                .save()
+                .map_err(|e| Error::vm(format!("saving device {} back: {e}", d.name)))?;
+            if digests.devices.get(&d.name) != Some(&device_digest(&again)) {
+                return Err(Error::peer(format!(
+                    "device {}: the loaded state does not match the source's digest",
+                    d.name
+                )));
+            }
+        }
+        if devices.len() != accept.devices.len() || digests.devices.len() != devices.len() {
+            return Err(Error::peer(format!(
+                "{} device states received, {} negotiated",
+                devices.len(),
+                accept.devices.len()
+            )));
+        }
+        let mem = memory_digests(vm)?;
+        if mem != digests.regions {
+            let bad: Vec<&String> = mem
+                .iter()
+                .filter(|(k, v)| digests.regions.get(*k) != Some(v))
+                .map(|(k, _)| k)
+                .collect();
+            return Err(Error::peer(format!(
+                "memory of regions {bad:?} does not match the source's digest"
+            )));
+        }
+        Ok(())
+    })();
+    check.map_err(|e| fail(&mut back, e))?;
+    write_control(&mut back, &Control::Ready)?;
+    match read_control(&mut main)? {
+        Control::Go => {}
+        other => return Err(Error::peer(format!("expected go, got {}", other.name()))),
+    }
+    vm.vcpus
+        .resume()
+        .map_err(|e| fail(&mut back, Error::vm(e)))?;
+    write_control(&mut back, &Control::Done)?;
+    back.finish()?;
+    // The source ends its stream after `go`; its end record is not waited for.
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The connections of one migration as the driver sees them: byte streams it
+//! can read, write, count and cut from another thread.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A connection: a byte stream in both directions that another thread can cut
+/// (so cancel unblocks a blocked read or write).
+pub trait Link: Read + Write + Send {
+    /// A handle that shuts the connection down from any thread.
+    fn cutter(&self) -> Cutter;
+}
+
+/// Shuts a connection down from any thread.
+#[derive(Clone)]
+pub struct Cutter(Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Cutter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cutter")
+    }
+}
+
+impl Cutter {
+    /// A cutter that runs `f`.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Cutter {
+        Cutter(Arc::new(f))
+    }
+
+    /// Shuts the connection down.
+    pub fn cut(&self) {
+        (self.0)()
+    }
+}
+
+impl Link for std::os::unix::net::UnixStream {
+    fn cutter(&self) -> Cutter {
+        let s = self.try_clone();
+        Cutter::new(move || {
+            if let Ok(s) = &s {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        })
+    }
+}
+
+impl Link for std::net::TcpStream {
+    fn cutter(&self) -> Cutter {
+        let s = self.try_clone();
+        Cutter::new(move || {
+            if let Ok(s) = &s {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        })
+    }
+}
+
+/// The connections of one migration: the main channel and the data channels.
+pub struct Connections {
+    /// The main channel (control, device state; pages too when there are no
+    /// data channels).
+    pub main: Box<dyn Link>,
+    /// Data channels, by channel id.
+    pub data: Vec<Box<dyn Link>>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connections {{ data: {} }}", self.data.len())
+    }
+}
+
+/// Cancels a migration: sets a flag the driver checks between steps and cuts
+/// every connection so blocked I/O returns.
+#[derive(Clone, Default)]
+pub struct Cancel {
+    flag: Arc<AtomicBool>,
+    cutters: Arc<Mutex<Vec<Cutter>>>,
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cancel({})", self.is_cancelled())
+    }
+}
+
+impl Cancel {
+    /// A token not yet cancelled.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Cancels: idempotent.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Ok(c) = self.cutters.lock() {
+            for c in c.iter() {
+                c.cut();
+            }
+        }
+    }
+
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Registers a connection to cut on cancel (cut at once if already cancelled).
+    pub fn watch(&self, cutter: Cutter) {
+        if let Ok(mut c) = self.cutters.lock() {
+            c.push(cutter.clone());
+        }
+        if self.is_cancelled() {
+            cutter.cut();
+        }
+    }
+}
+
+/// One connection shared by a reader and a writer on the same thread (the
+/// main channel carries a stream each way).
+pub(crate) struct Shared(Arc<Mutex<Box<dyn Link>>>);
+
+impl Shared {
+    /// The writing and the reading end of `link`.
+    pub(crate) fn new(link: Box<dyn Link>) -> (Shared, Shared) {
+        let a = Arc::new(Mutex::new(link));
+        (Shared(a.clone()), Shared(a))
+    }
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("connection lock poisoned")
+}
+
+impl Read for Shared {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.lock().map_err(|_| poisoned())?.read(buf)
+    }
+}
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().map_err(|_| poisoned())?.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().map_err(|_| poisoned())?.flush()
+    }
+}
+
+/// A writer that counts what it wrote into a shared counter.
+pub(crate) struct Counted<W>(pub(crate) W, pub(crate) Arc<AtomicU64>);
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}

@@ -1,0 +1,137 @@
+//! Progress and statistics of one migration, shared between the driver and
+//! whoever asks (`query-migrate`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// A migration's status, with QEMU's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Nothing started.
+    None,
+    /// Connecting and negotiating.
+    Setup,
+    /// Precopy rounds.
+    Active,
+    /// Stop-and-copy: vCPUs paused, last pages and device state.
+    Device,
+    /// Cancel requested.
+    Cancelling,
+    /// Cancelled; the source runs on.
+    Cancelled,
+    /// Failed; the source runs on.
+    Failed,
+    /// Done.
+    Completed,
+}
+
+impl Status {
+    /// QEMU's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::None => "none",
+            Status::Setup => "setup",
+            Status::Active => "active",
+            Status::Device => "device",
+            Status::Cancelling => "cancelling",
+            Status::Cancelled => "cancelled",
+            Status::Failed => "failed",
+            Status::Completed => "completed",
+        }
+    }
+
+    /// Whether the migration has ended.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Cancelled | Status::Failed | Status::Completed | Status::None
+        )
+    }
+}
+
+/// Counters the page senders and receivers bump without locking.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes written on every channel (framing included).
+    pub transferred: Arc<AtomicU64>,
+    /// Data pages sent.
+    pub normal: AtomicU64,
+    /// Zero pages sent (as zero entries).
+    pub duplicate: AtomicU64,
+}
+
+/// A snapshot of the statistics, in the units of QEMU's `query-migrate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// Status.
+    pub status: Option<Status>,
+    /// Milliseconds since the start, frozen at the end.
+    pub total_time_ms: u64,
+    /// Milliseconds from start to the end of negotiation.
+    pub setup_time_ms: u64,
+    /// Estimate of the downtime, while active.
+    pub expected_downtime_ms: u64,
+    /// Measured downtime (vCPUs paused → destination running), once completed.
+    pub downtime_ms: Option<u64>,
+    /// Bytes sent.
+    pub transferred: u64,
+    /// Dirty bytes still to send.
+    pub remaining: u64,
+    /// Guest RAM size.
+    pub total: u64,
+    /// Zero pages sent.
+    pub duplicate: u64,
+    /// Data pages sent.
+    pub normal: u64,
+    /// Data bytes sent.
+    pub normal_bytes: u64,
+    /// Pages dirtied per second in the last round.
+    pub dirty_pages_rate: u64,
+    /// Throughput of the last round (or the whole migration once done), Mbit/s.
+    pub mbps: f64,
+    /// Dirty-log syncs (rounds).
+    pub dirty_sync_count: u64,
+    /// Current auto-converge throttle, percent.
+    pub cpu_throttle_percentage: u8,
+    /// The first error.
+    pub error: Option<String>,
+}
+
+/// Shared statistics.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    inner: Arc<Mutex<Snapshot>>,
+    /// Lock-free counters.
+    pub counters: Arc<Counters>,
+}
+
+impl Stats {
+    /// Fresh statistics.
+    pub fn new() -> Stats {
+        Stats::default()
+    }
+
+    /// Changes what is recorded.
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        if let Ok(mut s) = self.inner.lock() {
+            f(&mut s)
+        }
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = self.inner.lock().map(|s| s.clone()).unwrap_or_default();
+        s.transferred = self.counters.transferred.load(Ordering::Relaxed);
+        s.normal = self.counters.normal.load(Ordering::Relaxed);
+        s.duplicate = self.counters.duplicate.load(Ordering::Relaxed);
+        s
+    }
+
+    /// The status.
+    pub fn status(&self) -> Status {
+        self.snapshot().status.unwrap_or(Status::None)
+    }
+}

@@ -1,0 +1,176 @@
+//! The engine end to end in one process: two synthetic guests, connected by
+//! socket pairs, migrate with 0..4 data channels, with and without
+//! compression, idle and dirtying; and failures leave the source running.
+
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmstream_migrate::destination::{incoming, local};
+use vmstream_migrate::link::{Cancel, Connections, Link};
+use vmstream_migrate::source::{migrate, Params};
+use vmstream_migrate::stats::{Stats, Status};
+use vmstream_migrate::synthetic::{Fill, Synthetic};
+
+fn pairs(n: usize) -> (Connections, Connections) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut src = Connections {
+        main: Box::new(a) as Box<dyn Link>,
+        data: vec![],
+    };
+    let mut dst = Connections {
+        main: Box::new(b) as Box<dyn Link>,
+        data: vec![],
+    };
+    for _ in 0..n {
+        let (a, b) = UnixStream::pair().unwrap();
+        src.data.push(Box::new(a));
+        dst.data.push(Box::new(b));
+    }
+    (src, dst)
+}
+
+struct Outcome {
+    src: Result<(), vmstream_migrate::Error>,
+    dst: Result<(), vmstream_migrate::Error>,
+    src_stats: Stats,
+}
+
+fn run(
+    source: &Arc<Synthetic>,
+    dest: &Arc<Synthetic>,
+    channels: usize,
+    params: Params,
+    dest_compression: &[&str],
+    src_cancel: Cancel,
+) -> Outcome {
+    let (s, d) = pairs(channels);
+    let (svm, dvm) = (source.vm(), dest.vm());
+    let loc = local(&dvm, 8, dest_compression).unwrap();
+    let (ss, ds) = (Stats::new(), Stats::new());
+    let dcancel = Cancel::new();
+    let (src, dst) = std::thread::scope(|scope| {
+        let h = scope.spawn(|| incoming(&dvm, d, &loc, &ds, &dcancel));
+        let src = migrate(&svm, s, &params, &ss, &src_cancel);
+        (src, h.join().unwrap())
+    });
+    Outcome {
+        src,
+        dst,
+        src_stats: ss,
+    }
+}
+
+fn ok(o: &Outcome) {
+    if o.src.is_err() || o.dst.is_err() {
+        panic!("source: {:?}\ndestination: {:?}", o.src, o.dst);
+    }
+}
+
+fn fast() -> Params {
+    Params {
+        max_bandwidth: 0,
+        ..Params::default()
+    }
+}
+
+#[test]
+fn idle_guest_migrates_over_0_to_4_channels() {
+    for n in [0, 1, 2, 4] {
+        let a = Arc::new(Synthetic::new(32 << 20, Fill::Random, 3, 1));
+        let b = Arc::new(Synthetic::new(32 << 20, Fill::Zero, 3, 2));
+        let o = run(&a, &b, n, fast(), &[], Cancel::new());
+        ok(&o);
+        assert_eq!(a.checksum(), b.checksum(), "{n} channels");
+        assert_eq!(a.device_states(), b.device_states());
+        assert!(!b.is_paused(), "destination runs");
+        assert!(a.is_paused(), "source stays paused");
+        let s = o.src_stats.snapshot();
+        assert_eq!(s.status, Some(Status::Completed));
+        assert!(s.transferred >= 32 << 20);
+        assert!(s.downtime_ms.is_some());
+    }
+}
+
+#[test]
+fn compression_is_negotiated() {
+    for (offer, accept) in [
+        (vec!["zstd", "lz4"], vec!["lz4"]),
+        (vec!["zstd"], vec!["zstd"]),
+        (vec!["zstd"], vec![]),
+    ] {
+        let a = Arc::new(Synthetic::new(8 << 20, Fill::Zero, 1, 1));
+        a.write_pattern();
+        let b = Arc::new(Synthetic::new(8 << 20, Fill::Random, 1, 2));
+        let p = Params {
+            compression: offer.iter().map(|s| s.to_string()).collect(),
+            ..fast()
+        };
+        let o = run(&a, &b, 2, p, &accept, Cancel::new());
+        ok(&o);
+        assert_eq!(a.checksum(), b.checksum());
+    }
+}
+
+#[test]
+fn dirtying_guest_needs_rounds_and_keeps_running_on_the_destination() {
+    let a = Arc::new(Synthetic::new(64 << 20, Fill::Random, 2, 1));
+    let b = Arc::new(Synthetic::new(64 << 20, Fill::Zero, 2, 2));
+    a.start_workload(40_000);
+    b.start_workload(20_000);
+    use vmstream_migrate::vm::Vcpus;
+    a.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // A bandwidth cap makes rounds long enough for the workload to dirty pages.
+    let p = Params {
+        max_bandwidth: 256 << 20,
+        downtime_limit_ms: 50,
+        ..Params::default()
+    };
+    let o = run(&a, &b, 2, p, &[], Cancel::new());
+    ok(&o);
+    let s = o.src_stats.snapshot();
+    assert!(s.dirty_sync_count >= 2, "{s:?} counter {}", a.counter());
+    // Source paused at switchover; the destination ran from the same state.
+    assert!(a.is_paused());
+    let before = b.counter();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(b.counter() > before, "destination workload continues");
+    assert_eq!(
+        a.device_states()[0].ticks <= b.device_states()[0].ticks,
+        true
+    );
+}
+
+#[test]
+fn refused_device_version_leaves_the_source_running() {
+    let a = Arc::new(Synthetic::new(4 << 20, Fill::Random, 2, 1));
+    let b = Arc::new(Synthetic::new(4 << 20, Fill::Zero, 3, 2));
+    use vmstream_migrate::vm::Vcpus;
+    a.resume().unwrap();
+    let o = run(&a, &b, 1, fast(), &[], Cancel::new());
+    let e = o.src.unwrap_err();
+    assert!(e.to_string().contains("dev2"), "{e}");
+    assert!(o.dst.unwrap_err().to_string().contains("dev2"));
+    assert!(!a.is_paused(), "source still running");
+    assert!(b.is_paused(), "destination never ran");
+    assert_eq!(o.src_stats.snapshot().status, Some(Status::Failed));
+}
+
+#[test]
+fn cancel_before_start_and_a_second_migration_succeeds() {
+    let a = Arc::new(Synthetic::new(4 << 20, Fill::Random, 1, 1));
+    let b = Arc::new(Synthetic::new(4 << 20, Fill::Zero, 1, 2));
+    use vmstream_migrate::vm::Vcpus;
+    a.resume().unwrap();
+    let c = Cancel::new();
+    c.cancel();
+    let o = run(&a, &b, 2, fast(), &[], c);
+    assert!(o.src.unwrap_err().is_cancel());
+    assert!(o.dst.is_err());
+    assert!(!a.is_paused());
+    assert_eq!(o.src_stats.snapshot().status, Some(Status::Cancelled));
+    let o = run(&a, &b, 2, fast(), &[], Cancel::new());
+    ok(&o);
+    assert_eq!(a.checksum(), b.checksum());
+}
