@@ -78,6 +78,10 @@ pub struct StreamState {
     offset: u64,
     ended: bool,
     barrier: Option<u32>,
+    /// Offset of the `info` record, once read.
+    info_at: Option<u64>,
+    /// Offset of the first `device` record, once read.
+    device_at: Option<u64>,
 }
 
 impl StreamState {
@@ -93,6 +97,8 @@ impl StreamState {
             offset: header_len as u64,
             ended: false,
             barrier: None,
+            info_at: None,
+            device_at: None,
         }
     }
 
@@ -131,6 +137,14 @@ impl StreamState {
         self.ended
     }
 
+    /// Parses a record header at the current offset: `(kind, flags, body_len)`.
+    /// The body limit depends on the kind ([`Limits::max_body`]).
+    fn record_header(&self, hdr: &[u8; RECORD_HEADER_LEN]) -> Result<(RecordKind, u16, usize)> {
+        let kind = RecordKind(u16::from_le_bytes([hdr[0], hdr[1]]));
+        let max = self.limits.max_body(kind, self.header.page_size);
+        parse_record_header(hdr, self.offset, max).map_err(|e| e.in_record(self.records, "?"))
+    }
+
     /// Parses one framed record (header + padded body + CRC) that starts at the
     /// current offset.
     pub fn parse<'a>(&mut self, framed: &'a [u8]) -> Result<Item<'a>> {
@@ -148,8 +162,7 @@ impl StreamState {
             .get(..RECORD_HEADER_LEN)
             .and_then(|h| h.try_into().ok())
             .ok_or_else(|| Error::truncated("record header", RECORD_HEADER_LEN, framed.len()))?;
-        let (kind, flags, len) = parse_record_header(&hdr, offset, self.limits.max_record_size)
-            .map_err(|e| e.in_record(index, "?"))?;
+        let (kind, flags, len) = self.record_header(&hdr)?;
         let body = check_frame(framed, len, offset).map_err(|e| e.in_record(index, kind.name()))?;
         let raw = RawRecord {
             index,
@@ -177,7 +190,23 @@ impl StreamState {
         let mut c = Cursor::new(raw.body, base);
         let limits = self.limits;
         Ok(match raw.kind {
-            RecordKind::INFO => Record::Info(value::decode(raw.body, base, &self.names, &limits)?),
+            RecordKind::INFO => {
+                if let Some(first) = self.info_at {
+                    return Err(Error::malformed(format!(
+                        "second info record (the first is at offset {first:#x}; a stream has at most one)"
+                    ))
+                    .at_offset(raw.offset));
+                }
+                if let Some(dev) = self.device_at {
+                    return Err(Error::malformed(format!(
+                        "info record after the device record at offset {dev:#x} (info must come before any device)"
+                    ))
+                    .at_offset(raw.offset));
+                }
+                let info = value::decode(raw.body, base, &self.names, &limits)?;
+                self.info_at = Some(raw.offset);
+                Record::Info(info)
+            }
             RecordKind::NAMES => {
                 let at = c.offset();
                 let first = c.varint("first name id")?;
@@ -213,6 +242,7 @@ impl StreamState {
                 let version = c.u32("version")?;
                 let value = value::codec_decode_rest(&mut c, &self.names, &limits)
                     .map_err(|e| e.in_device(&name))?;
+                self.device_at.get_or_insert(raw.offset);
                 Record::Device(DeviceState {
                     name,
                     instance_id,
@@ -223,16 +253,23 @@ impl StreamState {
             }
             RecordKind::RAM_BLOCKS => {
                 let blocks = parse_ram_blocks(&mut c, self.header.page_size)?;
-                for b in &blocks {
-                    if self.blocks.contains_key(&b.id) {
+                let total = self.blocks.len().saturating_add(blocks.len());
+                if total > limits.max_ram_blocks as usize {
+                    return Err(Error::limit(format!(
+                        "{total} RAM blocks exceed Limits::max_ram_blocks ({})",
+                        limits.max_ram_blocks
+                    ))
+                    .at_offset(base));
+                }
+                for (i, b) in blocks.iter().enumerate() {
+                    let earlier = blocks[..i].iter().any(|o| o.id == b.id);
+                    if earlier || self.blocks.contains_key(&b.id) {
                         return Err(Error::malformed(format!(
-                            "RAM block id {} is defined twice",
-                            b.id
+                            "RAM block id {} is defined twice{} (ids are unique in a stream)",
+                            b.id,
+                            if earlier { " in one record" } else { "" }
                         ))
                         .at_offset(base));
-                    }
-                    if self.blocks.len() >= limits.max_names as usize {
-                        return Err(Error::limit("too many RAM blocks"));
                     }
                 }
                 for b in &blocks {
@@ -245,8 +282,14 @@ impl StreamState {
                 let page_size = self.header.page_size;
                 let blocks = &self.blocks;
                 let lookup = |id: u32| blocks.get(&id).map(|b| b.size / u64::from(page_size));
-                let batch =
-                    PageBatch::parse(raw.body, base, page_size, limits.max_record_size, &lookup)?;
+                let batch = PageBatch::parse(
+                    raw.body,
+                    base,
+                    page_size,
+                    limits.max_page_data(page_size),
+                    limits.max_alloc,
+                    &lookup,
+                )?;
                 if let Some(b) = self.barrier.filter(|&b| batch.epoch <= b) {
                     return Err(Error::malformed(format!(
                         "page batch of epoch {} after the barrier for epoch {b} (epochs at or below a barrier are complete)",
@@ -442,8 +485,7 @@ impl<R: Read> StreamReader<R> {
                 .at_offset(offset)
                 .in_record(index, "?"));
         }
-        let (kind, _, len) = parse_record_header(&hdr, offset, self.state.limits.max_record_size)
-            .map_err(|e| e.in_record(index, "?"))?;
+        let (kind, _, len) = self.state.record_header(&hdr)?;
         let total = framed_len(len);
         self.buf.clear();
         self.buf.extend_from_slice(&hdr);
@@ -606,9 +648,7 @@ impl Core {
             if let Some(state) = self.state.as_mut() {
                 if let Some(hdr) = input.get(..RECORD_HEADER_LEN) {
                     let hdr: [u8; 8] = hdr.try_into().map_err(|_| Error::usage("short header"))?;
-                    let (_, _, len) =
-                        parse_record_header(&hdr, state.offset(), self.limits.max_record_size)
-                            .map_err(|e| e.in_record(state.records(), "?"))?;
+                    let (_, _, len) = state.record_header(&hdr)?;
                     let total = framed_len(len);
                     if input.len() >= total {
                         let item = state.parse(&input[..total])?;
@@ -640,9 +680,7 @@ impl Core {
                     let hdr: [u8; 8] = self.buf[..RECORD_HEADER_LEN]
                         .try_into()
                         .map_err(|_| Error::usage("short header"))?;
-                    let (_, _, len) =
-                        parse_record_header(&hdr, state.offset(), self.limits.max_record_size)
-                            .map_err(|e| e.in_record(state.records(), "?"))?;
+                    let (_, _, len) = state.record_header(&hdr)?;
                     self.need = framed_len(len);
                     if self.buf.len() < self.need {
                         return Ok((take, None));

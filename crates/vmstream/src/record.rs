@@ -343,11 +343,14 @@ impl<'a> PageBatch<'a> {
     }
 
     /// Parses a page batch body; `block_pages(id)` gives a block's size in pages.
+    /// `max_raw` bounds the page data; a compressed data area is inflated into
+    /// a buffer of its own, which `max_alloc` bounds too.
     pub(crate) fn parse(
         body: &'a [u8],
         base: u64,
         page_size: u32,
         max_raw: u32,
+        max_alloc: u64,
         block_pages: &dyn Fn(u32) -> Option<u64>,
     ) -> Result<PageBatch<'a>> {
         let mut c = Cursor::new(body, base);
@@ -424,6 +427,12 @@ impl<'a> PageBatch<'a> {
         if raw_len > max_raw {
             return Err(Error::limit(format!(
                 "page batch inflates to {raw_len} bytes, over Limits::max_record_size"
+            ))
+            .at_offset(base + 20));
+        }
+        if matches!(compression, 1 | 2) && u64::from(raw_len) > max_alloc {
+            return Err(Error::limit(format!(
+                "compressed page batch inflates to {raw_len} bytes, over Limits::max_alloc ({max_alloc})"
             ))
             .at_offset(base + 20));
         }

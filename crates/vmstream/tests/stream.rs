@@ -318,6 +318,27 @@ fn blocks_body(blocks: &[RamBlock]) -> Vec<u8> {
     bytes[start + 8..start + 8 + len].to_vec()
 }
 
+/// A `ram-blocks` body as docs/format.md §6.1 lays it out, whatever the blocks
+/// (the writer refuses repeated ids).
+fn blocks_body_unchecked(blocks: &[RamBlock]) -> Vec<u8> {
+    let mut b = Vec::new();
+    let mut n = blocks.len() as u64;
+    while n >= 0x80 {
+        b.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    b.push(n as u8);
+    for r in blocks {
+        b.extend_from_slice(&r.id.to_le_bytes());
+        b.push(r.name.len() as u8);
+        b.extend_from_slice(r.name.as_bytes());
+        b.extend_from_slice(&r.size.to_le_bytes());
+        b.extend_from_slice(&r.page_size.to_le_bytes());
+        b.extend_from_slice(&r.flags.to_le_bytes());
+    }
+    b
+}
+
 fn one_block() -> Vec<u8> {
     frame(
         5,
@@ -580,6 +601,51 @@ fn bad_vectors() -> Vec<(&'static str, Vec<u8>, ErrorKind, &'static str)> {
         ErrorKind::Malformed,
         "shortest form",
     ));
+    let block = |id: u32| RamBlock {
+        id,
+        name: format!("ram{id}"),
+        size: 4096,
+        page_size: 4096,
+        flags: 0,
+    };
+    v.push((
+        "ram-blocks-duplicate-id.vms",
+        stream_of(&[
+            frame(5, 0, &blocks_body_unchecked(&[block(3), block(3)])),
+            end_record(1),
+        ]),
+        ErrorKind::Malformed,
+        "RAM block id 3 is defined twice in one record",
+    ));
+    // empty names keep the file small
+    let too_many: Vec<RamBlock> = (0..=Limits::default().max_ram_blocks)
+        .map(|id| RamBlock {
+            name: String::new(),
+            ..block(id)
+        })
+        .collect();
+    v.push((
+        "too-many-ram-blocks.vms",
+        stream_of(&[
+            frame(5, 0, &blocks_body_unchecked(&too_many)),
+            end_record(1),
+        ]),
+        ErrorKind::LimitExceeded,
+        "exceed Limits::max_ram_blocks",
+    ));
+    let device = frame(4, 0, &[1, b'd', 0, 0, 0, 0, 1, b't', 0, 0, 0, 0, 0x13]);
+    v.push((
+        "info-twice.vms",
+        stream_of(&[frame(1, 0, &[0x13]), frame(1, 0, &[0x13]), end_record(2)]),
+        ErrorKind::Malformed,
+        "second info record",
+    ));
+    v.push((
+        "info-after-device.vms",
+        stream_of(&[device, frame(1, 0, &[0x13]), end_record(2)]),
+        ErrorKind::Malformed,
+        "info must come before any device",
+    ));
     let mut trailing = sample.clone();
     trailing.extend_from_slice(&frame(1, 0, &[0x13]));
     v.push((
@@ -635,6 +701,68 @@ fn bad_vectors_give_their_errors() {
     }
     if bless {
         std::fs::write(dir.join("README.md"), table).unwrap();
+    }
+}
+
+/// A `pages` record may hold one page whatever `max_record_size` says, and no
+/// more; other records keep the plain limit (docs/format.md §6.2).
+#[test]
+fn a_pages_record_always_holds_one_page() {
+    let page = 2usize << 20;
+    let limits = Limits::default().with_max_record_size(1 << 20);
+    let header = Header::new(StreamKind::Snapshot, Arch::X86_64, page as u32)
+        .encode()
+        .unwrap();
+    let blocks = frame(
+        5,
+        0,
+        &blocks_body_unchecked(&[RamBlock {
+            id: 0,
+            name: "ram".into(),
+            size: 4 * page as u64,
+            page_size: page as u32,
+            flags: 0,
+        }]),
+    );
+    let batch = |pages: &[u64]| {
+        let mut b = pages_body(0, 0, &[], &[], 0, Some((pages.len() * page) as u32));
+        b[12..16].copy_from_slice(&(pages.len() as u32).to_le_bytes());
+        b[16..20].copy_from_slice(&((pages.len() * page) as u32).to_le_bytes());
+        for &i in pages {
+            b.extend_from_slice(&((i << 8) | 2).to_le_bytes());
+        }
+        for &i in pages {
+            b.extend(std::iter::repeat_n(i as u8 + 1, page));
+        }
+        frame(6, 0, &b)
+    };
+    let one = stream_of_raw(
+        header.clone(),
+        &[blocks.clone(), batch(&[2]), end_record(2)],
+    );
+    for got in [
+        read_slice(&one, limits).unwrap(),
+        read_stream(&one, 4099, limits).unwrap(),
+        read_push(&one, &[65536, 7], limits).unwrap(),
+    ] {
+        assert_eq!(got.len(), 3);
+        assert!(got[1].contains("pages 0 e0 [2:"), "{got:?}");
+    }
+    let two = stream_of_raw(header.clone(), &[blocks, batch(&[0, 1]), end_record(2)]);
+    let big_info = stream_of_raw(header, &[frame(1, 0, &[0; (1 << 20) + 8]), end_record(1)]);
+    for bytes in [two, big_info] {
+        for e in [
+            read_slice(&bytes, limits).unwrap_err(),
+            read_stream(&bytes, 4099, limits).unwrap_err(),
+            read_push(&bytes, &[65536], limits).unwrap_err(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e}");
+            assert!(
+                e.to_string().contains("exceeds Limits::max_record_size"),
+                "{e}"
+            );
+            assert!(e.location().offset.is_some(), "{e}");
+        }
     }
 }
 
@@ -802,7 +930,8 @@ fn page_data_is_cache_line_aligned() {
         // batches of 1..=7 pages, some zero, with odd-sized records between them
         let mut index = 0;
         for n in 1..=7u64 {
-            w.write_info(&Value::String("x".repeat(n as usize * 3)))
+            let odd = "x".repeat(n as usize * 3);
+            w.write_raw_record(vmstream::RecordKind(0x4242), true, odd.as_bytes())
                 .unwrap();
             for i in 0..n {
                 page.fill(if i == 1 { 0 } else { n as u8 });
