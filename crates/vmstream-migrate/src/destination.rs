@@ -400,8 +400,14 @@ fn run(
     vm.vcpus
         .resume()
         .map_err(|e| fail(&mut back, Error::vm(e)))?;
+    // The source ends its stream right after `go`: read to that end (so the
+    // source's last write lands), then answer.
+    while let Ok(Some(item)) = main.next() {
+        if matches!(item.record, Record::End(_)) {
+            break;
+        }
+    }
     write_control(&mut back, &Control::Done)?;
     back.finish()?;
-    // The source ends its stream after `go`; its end record is not waited for.
     Ok(())
 }

@@ -84,6 +84,12 @@ impl std::error::Error for Error {}
 
 impl From<vmstream::Error> for Error {
     fn from(e: vmstream::Error) -> Error {
-        Error::new(ErrorKind::Stream, e.to_string())
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message = format!("{message}: {s}");
+            source = s.source();
+        }
+        Error::new(ErrorKind::Stream, message)
     }
 }

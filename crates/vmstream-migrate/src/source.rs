@@ -628,6 +628,14 @@ fn run(
             Control::Done => {}
             other => return Err(Error::peer(format!("expected done, got {}", other.name()))),
         }
+        // The destination ends its stream after `done`; read to that end so
+        // neither side closes under the other's last write. The outcome is
+        // already known, so an error here changes nothing.
+        while let Ok(Some(item)) = back.next() {
+            if matches!(item.record, Record::End(_)) {
+                break;
+            }
+        }
         vm.dirty.stop();
         vm.vcpus.throttle(0);
         let downtime = paused_at.elapsed().as_millis() as u64;
