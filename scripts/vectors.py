@@ -591,9 +591,12 @@ GOOD = []
 BAD = []
 
 
-def good(name, covers):
+def good(name, covers, args=()):
     def register(fn):
-        GOOD.append({"file": "good-%s.vms" % name, "covers": covers, "build": fn})
+        entry = {"file": "good-%s.vms" % name, "covers": covers, "build": fn}
+        if args:
+            entry["args"] = list(args)
+        GOOD.append(entry)
         return fn
     return register
 
@@ -763,6 +766,17 @@ def _():
     s.pages(0, 0, [(3, None)])
     s.epoch(0)
     s.index()
+    s.end()
+    return s
+
+
+@good("2m-one-page-over-limit", "a batch may always hold one page: a 2 MiB page whose "
+      "raw_len is above the record size limit (1 MiB here; section 6.2)",
+      args=["--max-record-mib", "1"])
+def _():
+    s = Stream(page_size=2 * MIB, required=REQ_ZSTD)
+    s.ram_blocks([Block(0, "ram", 2)])
+    s.pages(0, 0, [(1, Page(b"\x5a", prefix=b"one page"))], compression=COMP_ZSTD)
     s.end()
     return s
 
@@ -1478,22 +1492,30 @@ pages_vector("pages-lz4-offset-before-start", "malformed",
              setf(stored=_lz_bad_off, stored_len=len(_lz_bad_off)),
              compression=COMP_LZ4, required=REQ_LZ4)
 pages_vector("pages-raw-len-over-limit", "limit exceeded",
-             "§6.2: raw_len above the record size limit (1 MiB here) is refused before "
-             "decompressing", entries=[(0, Page(b"\x5a")), (1, Page(b"\x5b"))],
+             "§6.2: raw_len above max(record size limit, page_size) (1 MiB and 2 MiB "
+             "here) is refused before decompressing",
+             entries=[(0, Page(b"\x5a")), (1, Page(b"\x5b"))],
              page_size=2 * MIB, compression=COMP_ZSTD, required=REQ_ZSTD,
              blocks=[Block(0, "ram", 2)], args=["--max-record-mib", "1"], mutate=setf())
-pages_vector("pages-raw-len-one-page-over-limit", "limit exceeded",
-             "§6.2: raw_len above the record size limit (1 MiB here) is refused before "
-             "decompressing, also when it is a single page",
-             entries=[(0, Page(b"\x5a"))], page_size=2 * MIB, compression=COMP_ZSTD,
-             required=REQ_ZSTD, blocks=[Block(0, "ram", 2)],
-             args=["--max-record-mib", "1"], mutate=setf(),
-             pending="the reference reader accepts a batch of one page whose raw_len "
-             "exceeds Limits::max_record_size")
-# The two limit vectors above differ from their controls only in the limit the reader
-# is given: a control is read with its "control_args" (the default limits).
+# The limit vector above differs from its control only in the limit the reader is
+# given: the control is read with its "control_args" (the default limits).
 BAD[-1]["control_args"] = []
-BAD[-2]["control_args"] = []
+
+
+@bad("pages-one-page-body-over-bound", "limit exceeded",
+     "§3/§6.2: a pages record body above max(record size limit, page_size + 95) (1 MiB "
+     "and 2 MiB + 95 here) is refused before reading, even with the body cut short",
+     args=["--max-record-mib", "1"])
+def _(bad):
+    s = Stream(page_size=2 * MIB, required=REQ_ZSTD)
+    s.ram_blocks([Block(0, "ram", 2)])
+    if bad:
+        return s.bytes() + u16(PAGES) + u16(0) + u32(2 * MIB + 96) + b"\0" * 64
+    s.pages(0, 0, [(0, Page(b"\x5a"))], compression=COMP_ZSTD)
+    s.end()
+    return s.bytes()
+
+
 
 
 # -- epochs, section 6.3
@@ -1685,9 +1707,13 @@ def main(argv):
         names.add(g["file"])
         s = g["build"]()
         write(os.path.join(out, g["file"]), s.bytes())
-        manifest.append({"file": g["file"], "good": True, "covers": g["covers"],
-                         "expect": s.expect()})
-        readme.append("| `%s` | %s |\n" % (g["file"], g["covers"]))
+        entry = {"file": g["file"], "good": True, "covers": g["covers"]}
+        if "args" in g:
+            entry["args"] = g["args"]
+        entry["expect"] = s.expect()
+        manifest.append(entry)
+        note = " (read with `%s`)" % " ".join(g["args"]) if "args" in g else ""
+        readme.append("| `%s` | %s%s |\n" % (g["file"], g["covers"], note))
     readme.append("\n## Bad streams\n\n| file | kind | rule |\n| --- | --- | --- |\n")
     for b in BAD:
         assert b["file"] not in names, b["file"]

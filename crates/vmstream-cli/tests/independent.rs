@@ -66,6 +66,14 @@ fn ok_json(dir: &Path, args: &[&str]) -> Result<Json, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| format!("`{}`: {e}", args.join(" ")))
 }
 
+/// `cmd`, then the vector's `args`, then its file.
+fn command<'a>(cmd: &[&'a str], args: &'a [String], file: &'a str) -> Vec<&'a str> {
+    let mut a = cmd.to_vec();
+    a.extend(args.iter().map(String::as_str));
+    a.push(file);
+    a
+}
+
 fn manifest() -> Vec<Json> {
     let doc: Json = serde_json::from_slice(
         &fs::read(vectors().join("manifest.json")).expect("testdata/independent/manifest.json"),
@@ -131,7 +139,7 @@ fn good_vectors_read_as_written() {
     for v in manifest().iter().filter(|v| v["good"] == true) {
         n += 1;
         let file = v["file"].as_str().expect("file");
-        if let Err(e) = check_good(&dir, file, &v["expect"]) {
+        if let Err(e) = check_good(&dir, file, &strings(&v["args"]), &v["expect"]) {
             failures.push(format!("{file}: {e}"));
         }
     }
@@ -166,10 +174,7 @@ fn bad_vectors_fail_with_their_kind_and_controls_pass() {
             (None, Ok(())) => {}
         }
         // the control keeps the rule: it must read cleanly
-        let mut a: Vec<&str> = vec!["verify"];
-        a.extend(control_args.iter().map(String::as_str));
-        a.push(file);
-        let out = vmstream(&controls, &a);
+        let out = vmstream(&controls, &command(&["verify"], &control_args, file));
         if !out.status.success() {
             failures.push(format!(
                 "{file}: its control fails: {}",
@@ -182,10 +187,7 @@ fn bad_vectors_fail_with_their_kind_and_controls_pass() {
 }
 
 fn check_bad(dir: &Path, file: &str, v: &Json, args: &[String]) -> Result<(), String> {
-    let mut a: Vec<&str> = vec!["verify"];
-    a.extend(args.iter().map(String::as_str));
-    a.push(file);
-    let out = vmstream(dir, &a);
+    let out = vmstream(dir, &command(&["verify"], args, file));
     let err = text(&out.stderr);
     if out.status.code() != Some(1) {
         return Err(format!(
@@ -220,8 +222,10 @@ fn check_bad(dir: &Path, file: &str, v: &Json, args: &[String]) -> Result<(), St
     Ok(())
 }
 
-fn check_good(dir: &Path, file: &str, want: &Json) -> Result<(), String> {
-    let verify = ok_json(dir, &["verify", "--json", file])?;
+fn check_good(dir: &Path, file: &str, args: &[String], want: &Json) -> Result<(), String> {
+    // every command reads the file with the vector's own limits
+    let with = |cmd: &[&'static str]| command(cmd, args, file);
+    let verify = ok_json(dir, &with(&["verify", "--json"]))?;
     expect_eq("verify records", &verify["records"], &want["total_records"])?;
     let devices = want["devices"].as_array().expect("devices");
     expect_eq(
@@ -230,7 +234,7 @@ fn check_good(dir: &Path, file: &str, want: &Json) -> Result<(), String> {
         &Json::from(devices.len()),
     )?;
 
-    let inspect = ok_json(dir, &["inspect", "--json", file])?;
+    let inspect = ok_json(dir, &with(&["inspect", "--json"]))?;
     for key in ["page_size", "writer", "epoch_barriers"] {
         expect_eq(key, &inspect[key], &want[key])?;
     }
@@ -298,7 +302,7 @@ fn check_good(dir: &Path, file: &str, want: &Json) -> Result<(), String> {
         expect_eq("inspect block pages", &have["pages"], &Json::from(pages))?;
     }
 
-    let dump = ok_json(dir, &["dump", "--json", file])?;
+    let dump = ok_json(dir, &with(&["dump", "--json"]))?;
     let dumped = dump["devices"].as_array().ok_or("dump: no devices")?;
     if dumped.len() != devices.len() {
         return Err(format!("dump shows {} devices", dumped.len()));
@@ -322,22 +326,26 @@ fn check_good(dir: &Path, file: &str, want: &Json) -> Result<(), String> {
         expect_eq("dump block size", &have["size"], &b["size"])?;
     }
 
-    check_extract(dir, file, want)
-}
-
-/// `extract` writes each block's final contents; every page must be what the stream
-/// last sent for it (zero when it sent a zero entry or nothing).
-fn check_extract(dir: &Path, file: &str, want: &Json) -> Result<(), String> {
     let t = tempfile::tempdir().expect("tempdir");
     let out_dir = t.path().join("x");
     let out = vmstream(
         dir,
-        &["extract", file, "--out", out_dir.to_str().expect("utf8")],
+        &command(
+            &["extract", "--out", out_dir.to_str().expect("utf8")],
+            args,
+            file,
+        ),
     );
     if !out.status.success() {
         return Err(format!("extract: {}", text(&out.stderr).trim()));
     }
-    let listing = text(&out.stdout);
+    check_extract(&out_dir, &text(&out.stdout), want)
+}
+
+/// `extract` wrote each block's final contents into `out_dir` and listed them; every
+/// page must be what the stream last sent for it (zero when it sent a zero entry or
+/// nothing).
+fn check_extract(out_dir: &Path, listing: &str, want: &Json) -> Result<(), String> {
     let page_size = usize::try_from(want["page_size"].as_u64().expect("page_size")).expect("usize");
     for b in want["ram_blocks"].as_array().expect("ram_blocks") {
         let name = b["name"].as_str().expect("name");
