@@ -32,10 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut src = Connections {
         main: Box::new(a),
         data: vec![],
+        one_way: false,
     };
     let mut dst = Connections {
         main: Box::new(b),
         data: vec![],
+        one_way: false,
     };
     for _ in 0..channels {
         let (a, b) = UnixStream::pair()?;

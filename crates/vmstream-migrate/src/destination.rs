@@ -81,6 +81,14 @@ fn apply(
     Ok(())
 }
 
+/// Sends `msg` to the source, unless the transport is one-way.
+fn tell<W: std::io::Write>(back: &mut Option<StreamWriter<W>>, msg: &Control) -> Result<(), Error> {
+    match back {
+        Some(w) => write_control(w, msg),
+        None => Ok(()),
+    }
+}
+
 /// Reads one data channel to its end.
 fn receive<R: Read>(
     vm: &Vm,
@@ -208,11 +216,17 @@ fn run(
         main.state().header().arch,
         local.page_size,
     );
-    let mut back = StreamWriter::new(
-        Counted(w, stats.counters.transferred.clone()),
-        header,
-        WriterOptions::default().with_index(false),
-    )?;
+    let one_way = conns.one_way;
+    // Nothing goes back on a one-way transport.
+    let mut back = if one_way {
+        None
+    } else {
+        Some(StreamWriter::new(
+            Counted(w, stats.counters.transferred.clone()),
+            header,
+            WriterOptions::default().with_index(false),
+        )?)
+    };
     let hello = match read_control(&mut main)? {
         Control::Hello(h) => h,
         other => return Err(Error::peer(format!("expected hello, got {}", other.name()))),
@@ -220,7 +234,7 @@ fn run(
     let accept = match proto::negotiate(&hello, local) {
         Ok(a) => a,
         Err(reason) => {
-            let _ = write_control(
+            let _ = tell(
                 &mut back,
                 &Control::Refuse {
                     reason: reason.clone(),
@@ -235,7 +249,7 @@ fn run(
             hello.data_channels,
             conns.data.len()
         );
-        let _ = write_control(
+        let _ = tell(
             &mut back,
             &Control::Refuse {
                 reason: reason.clone(),
@@ -243,11 +257,11 @@ fn run(
         );
         return Err(Error::refused(reason));
     }
-    write_control(&mut back, &Control::Accept(accept.clone()))?;
+    tell(&mut back, &Control::Accept(accept.clone()))?;
     stats.update(|s| s.status = Some(Status::Active));
 
-    let fail = |back: &mut StreamWriter<_>, e: Error| -> Error {
-        let _ = write_control(
+    let fail = |back: &mut Option<StreamWriter<_>>, e: Error| -> Error {
+        let _ = tell(
             back,
             &Control::Failed {
                 reason: e.to_string(),
@@ -392,10 +406,12 @@ fn run(
         Ok(())
     })();
     check.map_err(|e| fail(&mut back, e))?;
-    write_control(&mut back, &Control::Ready)?;
-    match read_control(&mut main)? {
-        Control::Go => {}
-        other => return Err(Error::peer(format!("expected go, got {}", other.name()))),
+    tell(&mut back, &Control::Ready)?;
+    if !one_way {
+        match read_control(&mut main)? {
+            Control::Go => {}
+            other => return Err(Error::peer(format!("expected go, got {}", other.name()))),
+        }
     }
     vm.vcpus
         .resume()
@@ -407,7 +423,9 @@ fn run(
             break;
         }
     }
-    write_control(&mut back, &Control::Done)?;
-    back.finish()?;
+    tell(&mut back, &Control::Done)?;
+    if let Some(back) = back {
+        back.finish()?;
+    }
     Ok(())
 }

@@ -36,6 +36,8 @@ pub enum ErrorKind {
     Stream,
     /// The VMM's hooks failed.
     Vm,
+    /// The request cannot be carried out as given.
+    Usage,
     /// A bug or a poisoned lock.
     Internal,
 }
@@ -58,6 +60,9 @@ impl Error {
     }
     pub(crate) fn vm(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::Vm, m)
+    }
+    pub(crate) fn usage(m: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Usage, m)
     }
     pub(crate) fn internal(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::Internal, m)

@@ -56,6 +56,13 @@ impl Link for std::net::TcpStream {
     }
 }
 
+impl Link for std::fs::File {
+    /// File I/O does not block indefinitely; cancel is seen between writes.
+    fn cutter(&self) -> Cutter {
+        Cutter::new(|| {})
+    }
+}
+
 /// The connections of one migration: the main channel and the data channels.
 pub struct Connections {
     /// The main channel (control, device state; pages too when there are no
@@ -63,6 +70,10 @@ pub struct Connections {
     pub main: Box<dyn Link>,
     /// Data channels, by channel id.
     pub data: Vec<Box<dyn Link>>,
+    /// A one-way transport (`exec`, `file`): the main channel carries the
+    /// source's stream only, nothing comes back, and there are no data
+    /// channels.
+    pub one_way: bool,
 }
 
 impl std::fmt::Debug for Connections {

@@ -351,6 +351,12 @@ fn run(
     paused: &mut bool,
     committed: &mut bool,
 ) -> Result<(), Error> {
+    let one_way = conns.one_way;
+    if one_way && !conns.data.is_empty() {
+        return Err(Error::usage(
+            "a one-way channel (exec, file) carries no data channels",
+        ));
+    }
     cancel.watch(conns.main.cutter());
     for d in &conns.data {
         cancel.watch(d.cutter());
@@ -371,6 +377,13 @@ fn run(
     )?;
 
     // Negotiation.
+    let own_versions: BTreeMap<String, u32> = vm
+        .devices
+        .lock()
+        .map_err(|_| Error::internal("device lock"))?
+        .iter()
+        .map(|d| (d.name().to_owned(), d.version()))
+        .collect();
     let devices: Vec<DeviceOffer> = {
         let reg = vm
             .devices
@@ -405,11 +418,23 @@ fn run(
         devices,
     };
     write_control(&mut main, &Control::Hello(hello))?;
-    let mut back = StreamReader::new(r, Limits::default())?;
-    let accept = match read_control(&mut back)? {
-        Control::Accept(a) => a,
-        Control::Refuse { reason } => return Err(Error::refused(reason)),
-        other => {
+    // One-way: nobody answers; the stream carries the base protocol and the
+    // versions this build saves, and the reader checks them against its own.
+    let mut back = if one_way {
+        None
+    } else {
+        Some(StreamReader::new(r, Limits::default())?)
+    };
+    let accept = match back.as_mut().map(read_control).transpose()? {
+        None => Accept {
+            protocol: proto::PROTOCOL,
+            compression: None,
+            checksums: vec!["crc32c".to_owned()],
+            devices: own_versions,
+        },
+        Some(Control::Accept(a)) => a,
+        Some(Control::Refuse { reason }) => return Err(Error::refused(reason)),
+        Some(other) => {
             return Err(Error::peer(format!(
                 "expected accept, got {}",
                 other.name()
@@ -610,7 +635,15 @@ fn run(
             }
         }
         write_control(&mut main, &Control::Complete(digests))?;
-        match read_control(&mut back)? {
+        let Some(back) = back.as_mut() else {
+            // One-way: the stream is complete; the VM stays paused here, as
+            // QEMU's does after a migration to a file.
+            *committed = true;
+            main.finish()?;
+            stats.update(|s| s.downtime_ms = Some(paused_at.elapsed().as_millis() as u64));
+            return Ok(());
+        };
+        match read_control(back)? {
             Control::Ready => {}
             Control::Failed { reason } => {
                 return Err(Error::peer(format!("destination failed: {reason}")))
@@ -624,7 +657,7 @@ fn run(
         *committed = true;
         write_control(&mut main, &Control::Go)?;
         main.finish()?;
-        match read_control(&mut back)? {
+        match read_control(back)? {
             Control::Done => {}
             other => return Err(Error::peer(format!("expected done, got {}", other.name()))),
         }

@@ -100,12 +100,24 @@ pub struct Snapshot {
     pub error: Option<String>,
 }
 
+/// Called with each new status.
+type Listener = Arc<dyn Fn(Status) + Send + Sync>;
+
 /// Shared statistics.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Stats {
     inner: Arc<Mutex<Snapshot>>,
     /// Lock-free counters.
     pub counters: Arc<Counters>,
+    listener: Option<Listener>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("snapshot", &self.snapshot())
+            .finish()
+    }
 }
 
 impl Stats {
@@ -114,10 +126,27 @@ impl Stats {
         Stats::default()
     }
 
+    /// Statistics that call `listener` whenever the status changes (to emit
+    /// QMP `MIGRATION` events).
+    pub fn with_listener(listener: impl Fn(Status) + Send + Sync + 'static) -> Stats {
+        Stats {
+            listener: Some(Arc::new(listener)),
+            ..Stats::default()
+        }
+    }
+
     /// Changes what is recorded.
     pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
-        if let Ok(mut s) = self.inner.lock() {
-            f(&mut s)
+        let changed = match self.inner.lock() {
+            Ok(mut s) => {
+                let before = s.status;
+                f(&mut s);
+                (s.status != before).then_some(s.status).flatten()
+            }
+            Err(_) => None,
+        };
+        if let (Some(st), Some(l)) = (changed, &self.listener) {
+            l(st);
         }
     }
 

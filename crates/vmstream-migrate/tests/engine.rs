@@ -17,10 +17,12 @@ fn pairs(n: usize) -> (Connections, Connections) {
     let mut src = Connections {
         main: Box::new(a) as Box<dyn Link>,
         data: vec![],
+        one_way: false,
     };
     let mut dst = Connections {
         main: Box::new(b) as Box<dyn Link>,
         data: vec![],
+        one_way: false,
     };
     for _ in 0..n {
         let (a, b) = UnixStream::pair().unwrap();
@@ -121,10 +123,12 @@ fn dirtying_guest_needs_rounds_and_keeps_running_on_the_destination() {
     use vmstream_migrate::vm::Vcpus;
     a.resume().unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    // A bandwidth cap makes rounds long enough for the workload to dirty pages.
+    // A bandwidth cap makes rounds long enough for the workload to dirty pages,
+    // and a 2 ms limit needs auto-converge to throttle it.
     let p = Params {
         max_bandwidth: 256 << 20,
-        downtime_limit_ms: 50,
+        downtime_limit_ms: 2,
+        auto_converge: true,
         ..Params::default()
     };
     let o = run(&a, &b, 2, p, &[], Cancel::new());
@@ -173,4 +177,53 @@ fn cancel_before_start_and_a_second_migration_succeeds() {
     let o = run(&a, &b, 2, fast(), &[], Cancel::new());
     ok(&o);
     assert_eq!(a.checksum(), b.checksum());
+}
+
+#[test]
+fn one_way_file_snapshot_restores_into_a_new_guest() {
+    let dir = std::env::temp_dir().join(format!("vmstream-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("snap.vms");
+    let a = Arc::new(Synthetic::new(8 << 20, Fill::Random, 2, 1));
+    use vmstream_migrate::vm::Vcpus;
+    a.resume().unwrap();
+    let out = std::fs::File::create(&path).unwrap();
+    let conns = Connections {
+        main: Box::new(out),
+        data: vec![],
+        one_way: true,
+    };
+    let stats = Stats::new();
+    migrate(&a.vm(), conns, &fast(), &stats, &Cancel::new()).unwrap();
+    assert!(a.is_paused(), "the source stays paused after a snapshot");
+    assert_eq!(stats.snapshot().status, Some(Status::Completed));
+
+    let b = Arc::new(Synthetic::new(8 << 20, Fill::Zero, 2, 2));
+    let bvm = b.vm();
+    let loc = local(&bvm, 0, &[]).unwrap();
+    let inp = std::fs::File::open(&path).unwrap();
+    let conns = Connections {
+        main: Box::new(inp),
+        data: vec![],
+        one_way: true,
+    };
+    incoming(&bvm, conns, &loc, &Stats::new(), &Cancel::new()).unwrap();
+    assert_eq!(a.checksum(), b.checksum());
+    assert_eq!(a.device_states(), b.device_states());
+    assert!(!b.is_paused());
+
+    // A guest with another device set refuses the snapshot and stays paused.
+    let c = Arc::new(Synthetic::new(8 << 20, Fill::Zero, 3, 2));
+    let cvm = c.vm();
+    let loc = local(&cvm, 0, &[]).unwrap();
+    let inp = std::fs::File::open(&path).unwrap();
+    let conns = Connections {
+        main: Box::new(inp),
+        data: vec![],
+        one_way: true,
+    };
+    let e = incoming(&cvm, conns, &loc, &Stats::new(), &Cancel::new()).unwrap_err();
+    assert!(e.to_string().contains("dev2"), "{e}");
+    assert!(c.is_paused());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
