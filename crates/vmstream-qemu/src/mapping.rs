@@ -265,15 +265,67 @@ impl<'a> Body<'a> {
     }
 }
 
+/// The target page sizes a QEMU stream can have: QEMU's `TARGET_PAGE_BITS` is 10
+/// to 16 on every target (RAM record flags take the low 10 bits).
+pub const QEMU_PAGE_SIZES: std::ops::RangeInclusive<u32> = 1 << 10..=1 << 16;
+
+/// The QEMU block list for the RAM blocks a reader has validated so far: the
+/// blocks in definition order, whose ids must count from 0 (a page event's
+/// block is an index into the list) and whose names must fit QEMU's one-byte
+/// length.
+fn qemu_blocks(state: &vmstream::StreamState) -> Result<Vec<QemuRamBlock>> {
+    state
+        .blocks()
+        .enumerate()
+        .map(|(i, b)| {
+            if u32::try_from(i).ok() != Some(b.id) {
+                return Err(Error::new(
+                    ErrorKind::Malformed,
+                    format!(
+                        "RAM block {:?} has id {}; the blocks of a converted QEMU stream count from 0 in order (expected {i})",
+                        b.name, b.id
+                    ),
+                ));
+            }
+            if b.name.len() > 255 {
+                return Err(Error::new(
+                    ErrorKind::Malformed,
+                    format!("RAM block name of {} bytes; QEMU names have at most 255", b.name.len()),
+                ));
+            }
+            Ok(QemuRamBlock {
+                name: b.name.clone(),
+                size: b.size,
+                page_size: None,
+                addr: None,
+            })
+        })
+        .collect()
+}
+
 impl<R: Read> VmstreamSource<R> {
-    /// Opens a vmstream stream; it must carry QEMU framing.
+    /// Opens a vmstream stream; it must carry QEMU framing and a QEMU target
+    /// page size ([`QEMU_PAGE_SIZES`]).
     pub fn new(input: R, limits: Limits) -> Result<VmstreamSource<R>> {
         let reader = StreamReader::new(input, limits)?;
         if reader.header().optional_features & FEATURE_QEMU_FRAMING == 0 {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 "this vmstream stream was not converted from QEMU (no qemu-framing feature), so it has no QEMU stream to give back",
-            ));
+            )
+            .at_offset(24));
+        }
+        let ps = reader.header().page_size;
+        if !QEMU_PAGE_SIZES.contains(&ps) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "page size {ps} is not a QEMU target page size ({} to {} bytes), so this stream has no QEMU stream to give back",
+                    QEMU_PAGE_SIZES.start(),
+                    QEMU_PAGE_SIZES.end()
+                ),
+            )
+            .at_offset(32));
         }
         Ok(VmstreamSource { reader })
     }
@@ -291,33 +343,34 @@ impl<R: Read> VmstreamSource<R> {
             instance_id: 0,
             version_id: 0,
         };
+        // How many blocks the QEMU block list handed to the sink has: pages
+        // may only refer to those.
+        let mut announced: Option<usize> = None;
         let mut started = false;
         let mut eof = false;
         let page_size = self.page_size();
         while let Some(item) = self.reader.next()? {
             let (at, index, kind) = (item.offset, item.index, item.kind);
+            if !started && matches!(kind, RecordKind::PAGES | RecordKind::DEVICE) {
+                return Err(Error::new(
+                    ErrorKind::Malformed,
+                    "QEMU records before the QEMU stream record",
+                )
+                .at_offset(at)
+                .in_record(index, kind.name()));
+            }
             let r: Result<()> = (|| {
                 match &item.record {
-                    Record::RamBlocks(list) => {
-                        blocks = list
-                            .iter()
-                            .map(|b| QemuRamBlock {
-                                name: b.name.clone(),
-                                size: b.size,
-                                page_size: None,
-                                addr: None,
-                            })
-                            .collect();
-                        for (i, b) in list.iter().enumerate() {
-                            if b.id != i as u32 {
-                                return Err(Error::new(
-                                    ErrorKind::Malformed,
-                                    "QEMU RAM block ids must count from 0",
-                                ));
-                            }
-                        }
-                    }
                     Record::Pages(batch) => {
+                        if announced.is_none_or(|n| batch.block as usize >= n) {
+                            return Err(Error::new(
+                                ErrorKind::Malformed,
+                                format!(
+                                    "page batch of RAM block {} before a QEMU RAM block list that has it",
+                                    batch.block
+                                ),
+                            ));
+                        }
                         for p in batch.pages() {
                             sink.event(&Event::Page {
                                 block: batch.block,
@@ -422,6 +475,7 @@ impl<R: Read> VmstreamSource<R> {
                                         raw: &rec,
                                         blocks: &blocks,
                                     })?;
+                                    announced = Some(blocks.len());
                                 } else {
                                     sink.event(&Event::RamRecord {
                                         header,
@@ -450,12 +504,11 @@ impl<R: Read> VmstreamSource<R> {
                 Ok(())
             })();
             r.map_err(|e| e.at_offset(at).in_record(index, kind.name()))?;
-            if !started && matches!(item.kind, RecordKind::PAGES | RecordKind::DEVICE) {
-                return Err(Error::new(
-                    ErrorKind::Malformed,
-                    "QEMU records before the QEMU stream record",
-                )
-                .at_offset(at));
+            if kind == RecordKind::RAM_BLOCKS {
+                // the list as the reader validated it (unique ids, sizes in
+                // whole pages, within Limits::max_ram_blocks), every record so far
+                blocks = qemu_blocks(self.reader.state())
+                    .map_err(|e| e.at_offset(at).in_record(index, kind.name()))?;
             }
         }
         if !eof {

@@ -35,6 +35,16 @@ fn usage(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Usage, msg.into())
 }
 
+/// The one-byte length QEMU puts before an idstr or block name.
+fn name_len(name: &str) -> Result<u8> {
+    u8::try_from(name.len()).map_err(|_| {
+        usage(format!(
+            "name of {} bytes; QEMU names have at most 255",
+            name.len()
+        ))
+    })
+}
+
 impl<W: Write> QemuWriter<W> {
     /// A writer to `out` (wrap it in a `BufWriter` for speed).
     pub fn new(out: W, page_size: u64) -> QemuWriter<W> {
@@ -70,13 +80,22 @@ impl<W: Write> QemuWriter<W> {
                 self.blocks.len()
             ))
         })?;
-        let addr = index * self.page_size;
+        let addr = index
+            .checked_mul(self.page_size)
+            .filter(|&a| a < b.size)
+            .ok_or_else(|| {
+                usage(format!(
+                    "page {index} is beyond RAM block {:?} ({} bytes)",
+                    b.name, b.size
+                ))
+            })?;
         if self.last_block == Some(block) {
             self.out
                 .write_all(&(addr | flags | FLAG_CONTINUE).to_be_bytes())?;
         } else {
+            let len = name_len(&b.name)?;
             self.out.write_all(&(addr | flags).to_be_bytes())?;
-            self.out.write_all(&[b.name.len() as u8])?;
+            self.out.write_all(&[len])?;
             self.out.write_all(b.name.as_bytes())?;
         }
         self.last_block = Some(block);
@@ -101,10 +120,11 @@ impl<W: Write> Sink for QemuWriter<W> {
                 self.out.write_all(raw)?;
             }
             Event::Section { kind, id, header } => {
+                let len = header.map(|h| name_len(&h.idstr)).transpose()?;
                 self.out.write_all(&[kind.code()])?;
                 self.out.write_all(&id.to_be_bytes())?;
-                if let Some(h) = header {
-                    self.out.write_all(&[h.idstr.len() as u8])?;
+                if let (Some(h), Some(len)) = (header, len) {
+                    self.out.write_all(&[len])?;
                     self.out.write_all(h.idstr.as_bytes())?;
                     self.out.write_all(&h.instance_id.to_be_bytes())?;
                     self.out.write_all(&h.version_id.to_be_bytes())?;
@@ -135,7 +155,9 @@ impl<W: Write> Sink for QemuWriter<W> {
             } => {
                 self.out.write_all(&header.to_be_bytes())?;
                 if let Some(n) = name {
-                    self.out.write_all(&[n.len() as u8])?;
+                    let len = u8::try_from(n.len())
+                        .map_err(|_| usage("block name longer than 255 bytes"))?;
+                    self.out.write_all(&[len])?;
                     self.out.write_all(n)?;
                     self.last_block = self
                         .blocks
@@ -185,7 +207,9 @@ impl<W: Write> Sink for QemuWriter<W> {
             Event::Command { cmd, payload } => {
                 self.out.write_all(&[0x08])?;
                 self.out.write_all(&cmd.to_be_bytes())?;
-                self.out.write_all(&(payload.len() as u16).to_be_bytes())?;
+                let len = u16::try_from(payload.len())
+                    .map_err(|_| usage("command payload longer than 65535 bytes"))?;
+                self.out.write_all(&len.to_be_bytes())?;
                 self.out.write_all(payload)?;
             }
             Event::Eof => {

@@ -3,6 +3,8 @@
 //!
 //! Only ever a dev-dependency.
 
+pub mod qemu;
+
 use serde::{Deserialize, Serialize};
 use vmstream::{
     Arch, Compression, Header, RamBlock, StreamKind, StreamWriter, Value, WriterOptions,
