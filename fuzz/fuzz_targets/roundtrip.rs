@@ -644,7 +644,14 @@ fn run(plan: &Plan) {
         let at = item.offset;
         match item.record {
             Record::Info(v) => got.push((Expect::Info(canon(&v)), None)),
-            Record::Names { .. } => {}
+            Record::Names { first, count } => expected_index.push(IndexEntry {
+                kind: RecordKind::NAMES,
+                offset: at,
+                block: u32::MAX,
+                first_page: first,
+                last_page: count as u64,
+                name: String::new(),
+            }),
             Record::Schema(s) => got.push((
                 Expect::Schema(s.type_name, s.version, canon(&s.schema)),
                 None,
@@ -667,7 +674,17 @@ fn run(plan: &Plan) {
                 );
                 got.push((e, Some(d)));
             }
-            Record::RamBlocks(b) => got.push((Expect::Blocks(b), None)),
+            Record::RamBlocks(b) => {
+                expected_index.push(IndexEntry {
+                    kind: RecordKind::RAM_BLOCKS,
+                    offset: at,
+                    block: u32::MAX,
+                    first_page: 0,
+                    last_page: 0,
+                    name: String::new(),
+                });
+                got.push((Expect::Blocks(b), None))
+            }
             Record::Pages(b) => {
                 let pages: Vec<_> = b.pages().collect();
                 if let (Some(f), Some(l)) = (pages.first(), pages.last()) {

@@ -132,9 +132,63 @@ pub(crate) struct EncodeArgs {
 pub(crate) struct ExtractArgs {
     /// Stream file, or `-` for standard input.
     pub(crate) file: PathBuf,
-    /// Output directory.
+    /// Output directory; with `--range`, the output file (`-` for standard output).
     #[arg(long, short)]
     pub(crate) out: PathBuf,
+    /// Only this range of one RAM block, as raw bytes: BLOCK is the block's
+    /// name, OFFSET and LEN are bytes (decimal, 0x hex, or with a K/M/G
+    /// suffix). A vmstream file is read through its index, touching only the
+    /// page batches that overlap the range.
+    #[arg(long, value_name = "BLOCK:OFFSET:LEN", value_parser = parse_range)]
+    pub(crate) range: Option<RamRange>,
+}
+
+/// A byte range of one RAM block (`extract --range`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RamRange {
+    pub(crate) block: String,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+}
+
+/// Parses `BLOCK:OFFSET:LEN`; BLOCK may itself hold colons (QEMU block names do).
+fn parse_range(s: &str) -> Result<RamRange, String> {
+    let mut parts = s.rsplitn(3, ':');
+    let (Some(len), Some(offset), Some(block)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("expected BLOCK:OFFSET:LEN".to_owned());
+    };
+    if block.is_empty() {
+        return Err("BLOCK, the RAM block's name, is empty".to_owned());
+    }
+    let offset = parse_size(offset).map_err(|e| format!("OFFSET: {e}"))?;
+    let len = parse_size(len).map_err(|e| format!("LEN: {e}"))?;
+    if len == 0 {
+        return Err("LEN is 0".to_owned());
+    }
+    if offset.checked_add(len).is_none() {
+        return Err("OFFSET + LEN is beyond 2^64".to_owned());
+    }
+    Ok(RamRange {
+        block: block.to_owned(),
+        offset,
+        len,
+    })
+}
+
+/// A byte count: decimal, `0x` hex, or decimal with a K, M or G (1024-based) suffix.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a byte count (decimal, 0x hex, or with K/M/G)");
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).map_err(|_| bad());
+    }
+    let (digits, shift) = match s.as_bytes().last() {
+        Some(b'k' | b'K') => (&s[..s.len() - 1], 10),
+        Some(b'm' | b'M') => (&s[..s.len() - 1], 20),
+        Some(b'g' | b'G') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +215,30 @@ impl CompressionArg {
             CompressionArg::None => vmstream::Compression::None,
             CompressionArg::Zstd => vmstream::Compression::Zstd(3),
             CompressionArg::Lz4 => vmstream::Compression::Lz4,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_from_the_right() {
+        let r = parse_range("0000:00:02.0/e1000e.rom:0x1000:4K").unwrap();
+        assert_eq!(r.block, "0000:00:02.0/e1000e.rom");
+        assert_eq!((r.offset, r.len), (0x1000, 4096));
+        assert_eq!(parse_range("pc.ram:1G:12").unwrap().offset, 1 << 30);
+        for bad in [
+            "pc.ram:0",
+            ":0:1",
+            "pc.ram:0:0",
+            "pc.ram:x:1",
+            "pc.ram:0:-1",
+            "pc.ram:0xffffffffffffffff:2",
+            "pc.ram:0:99999999999G",
+        ] {
+            assert!(parse_range(bad).is_err(), "{bad}");
         }
     }
 }

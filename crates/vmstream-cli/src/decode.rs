@@ -1,8 +1,12 @@
 //! `decode`, `encode` and `extract`: between streams and plain files.
+//!
+//! `extract --range` of a vmstream file reads only the page batches that
+//! overlap the range, through the file's index; pipes and QEMU streams are
+//! read whole.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +20,7 @@ use vmstream::{
 };
 use vmstream_qemu::{Event, Sink};
 
-use crate::args::{DecodeArgs, EncodeArgs, ExtractArgs};
+use crate::args::{DecodeArgs, EncodeArgs, ExtractArgs, RamRange};
 use crate::input::{self, Opts};
 
 /// Version of the `stream.json` layout written by `decode`.
@@ -26,8 +30,32 @@ const DECODE_LAYOUT: u64 = 1;
 struct BlockFile {
     block: RamBlock,
     file_name: String,
-    file: File,
+    /// `None` when the file holds no page.
+    file: Option<File>,
+    base: u64,
+    pages: u64,
     written: Vec<u64>,
+}
+
+impl BlockFile {
+    /// The file, for a page inside the window.
+    fn file(&self) -> Result<&File> {
+        self.file
+            .as_ref()
+            .context("page outside the extracted range")
+    }
+
+    /// Where page `index` sits in the file, if the file holds it.
+    fn slot(&self, index: u64) -> Option<u64> {
+        index.checked_sub(self.base).filter(|&i| i < self.pages)
+    }
+}
+
+/// The range of one block `extract --range` keeps, in whole pages.
+struct Window {
+    range: RamRange,
+    /// The block that matched, once defined.
+    block: Option<u32>,
 }
 
 /// Applies pages to one raw file per RAM block, in stream order: a later page
@@ -45,6 +73,8 @@ struct RamFiles {
     last_block: Option<u32>,
     /// Bytes of page bitmaps still allowed (`Limits::max_alloc`).
     bitmap_left: u64,
+    /// Only this range is kept, in an anonymous file in `dir`.
+    window: Option<Window>,
 }
 
 /// Consecutive data pages of one block, written together.
@@ -70,35 +100,80 @@ impl RamFiles {
             zeros: vec![0; page_size as usize],
             run: Run::default(),
             last_block: None,
+            window: None,
+        }
+    }
+
+    /// Keeps only `range` (whole pages of it), in an anonymous file in `dir`.
+    fn windowed(dir: &Path, page_size: u32, limits: &vmstream::Limits, range: RamRange) -> Self {
+        RamFiles {
+            window: Some(Window { range, block: None }),
+            ..RamFiles::new(dir, page_size, limits)
         }
     }
 
     fn add(&mut self, b: RamBlock) -> Result<()> {
-        let words = (b.size / self.page_size).div_ceil(64);
-        let written = input::page_table(&mut self.bitmap_left, &b.name, b.size, words)?;
-        let mut name = sanitize(&b.name);
-        if !self.used_names.insert(name.clone()) {
-            name = format!("{name}-{}", b.id);
-            self.used_names.insert(name.clone());
-        }
-        let file_name = format!("{name}.bin");
-        let path = self.dir.join(&file_name);
-        // read back too: QEMU's XBZRLE pages apply to the page as written so far
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        file.set_len(b.size)
-            .with_context(|| format!("cannot size {}", path.display()))?;
+        let ps = self.page_size;
+        let (base, pages) = match &mut self.window {
+            None => (0, b.size / ps),
+            Some(w) if w.block.is_none() && w.range.block == b.name => {
+                let r = &w.range;
+                if r.offset.checked_add(r.len).is_none_or(|end| end > b.size) {
+                    bail!(
+                        "range {:#x}+{:#x} is beyond RAM block {:?} of {:#x} bytes",
+                        r.offset,
+                        r.len,
+                        b.name,
+                        b.size
+                    );
+                }
+                w.block = Some(b.id);
+                let first = r.offset / ps;
+                (first, (r.offset + r.len - 1) / ps + 1 - first)
+            }
+            Some(_) => (0, 0),
+        };
+        let written =
+            input::page_table(&mut self.bitmap_left, &b.name, b.size, pages.div_ceil(64))?;
+        let (file_name, file) = if self.window.is_some() {
+            let file = (pages > 0)
+                .then(|| {
+                    let f = tempfile::tempfile_in(&self.dir).with_context(|| {
+                        format!("cannot create a file in {}", self.dir.display())
+                    })?;
+                    f.set_len(pages * ps)?;
+                    anyhow::Ok(f)
+                })
+                .transpose()?;
+            (String::new(), file)
+        } else {
+            let mut name = sanitize(&b.name);
+            if !self.used_names.insert(name.clone()) {
+                name = format!("{name}-{}", b.id);
+                self.used_names.insert(name.clone());
+            }
+            let file_name = format!("{name}.bin");
+            let path = self.dir.join(&file_name);
+            // read back too: QEMU's XBZRLE pages apply to the page as written so far
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            file.set_len(b.size)
+                .with_context(|| format!("cannot size {}", path.display()))?;
+            (file_name, Some(file))
+        };
         self.blocks.insert(
             b.id,
             BlockFile {
                 block: b,
                 file_name,
                 file,
+                base,
+                pages,
                 written,
             },
         );
@@ -116,7 +191,17 @@ impl RamFiles {
     /// runs; [`RamFiles::flush`] writes the last one.
     fn page(&mut self, block: u32, index: u64, data: Option<&[u8]>) -> Result<()> {
         let ps = self.page_size;
-        let at = index * ps;
+        self.last_block = Some(block);
+        let Some(bf) = self.blocks.get(&block) else {
+            bail!("page of unknown RAM block {block}");
+        };
+        if index >= bf.block.size / ps {
+            bail!("page {index} is beyond RAM block {:?}", bf.block.name);
+        }
+        let Some(slot) = bf.slot(index) else {
+            return Ok(());
+        };
+        let at = slot * ps;
         let run = &self.run;
         if !run.data.is_empty()
             && (run.block != block
@@ -126,14 +211,10 @@ impl RamFiles {
         {
             self.flush()?;
         }
-        self.last_block = Some(block);
         let Some(bf) = self.blocks.get_mut(&block) else {
             bail!("page of unknown RAM block {block}");
         };
-        if index >= bf.block.size / ps {
-            bail!("page {index} is beyond RAM block {:?}", bf.block.name);
-        }
-        let (word, bit) = ((index / 64) as usize, index % 64);
+        let (word, bit) = ((slot / 64) as usize, slot % 64);
         match data {
             Some(d) => {
                 if self.run.data.is_empty() {
@@ -143,7 +224,7 @@ impl RamFiles {
                 bf.written[word] |= 1 << bit;
             }
             None if bf.written[word] & (1 << bit) != 0 => {
-                bf.file.write_all_at(&self.zeros, at)?;
+                bf.file()?.write_all_at(&self.zeros, at)?;
                 bf.written[word] &= !(1 << bit);
             }
             None => {}
@@ -156,7 +237,7 @@ impl RamFiles {
         let run = &mut self.run;
         if !run.data.is_empty() {
             let bf = self.blocks.get(&run.block).context("unknown RAM block")?;
-            bf.file.write_all_at(&run.data, run.start)?;
+            bf.file()?.write_all_at(&run.data, run.start)?;
             run.data.clear();
         }
         Ok(())
@@ -203,11 +284,14 @@ impl RamFiles {
         if index >= bf.block.size / ps {
             bail!("page {index} is beyond RAM block {:?}", bf.block.name);
         }
+        let Some(slot) = bf.slot(index) else {
+            return Ok(());
+        };
         let mut page = vec![0u8; ps as usize];
-        bf.file.read_exact_at(&mut page, index * ps)?;
+        bf.file()?.read_exact_at(&mut page, slot * ps)?;
         vmstream_qemu::ram::apply(update, &mut page)?;
-        bf.file.write_all_at(&page, index * ps)?;
-        bf.written[(index / 64) as usize] |= 1 << (index % 64);
+        bf.file()?.write_all_at(&page, slot * ps)?;
+        bf.written[(slot / 64) as usize] |= 1 << (slot % 64);
         Ok(())
     }
 
@@ -506,15 +590,30 @@ pub(crate) fn encode(args: &EncodeArgs, opts: &Opts) -> Result<ExitCode> {
 }
 
 pub(crate) fn extract(args: &ExtractArgs, opts: &Opts) -> Result<ExitCode> {
+    if let Some(range) = &args.range {
+        return extract_range(args, range, opts);
+    }
     prepare_dir(&args.out)?;
-    let (format, input) = input::open(&args.file)?;
-    let what = || args.file.display().to_string();
+    let ram = stream_ram(&args.file, opts, |ps| {
+        RamFiles::new(&args.out, ps, &opts.limits)
+    })?;
+    for bf in ram.blocks.values() {
+        println!("{}\t{}\t{}", bf.file_name, bf.block.name, bf.block.size);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the whole stream at `path` into the `RamFiles` that `ram(page_size)`
+/// makes, and flushes them.
+fn stream_ram(path: &Path, opts: &Opts, ram: impl FnOnce(u32) -> RamFiles) -> Result<RamFiles> {
+    let (format, input) = input::open(path)?;
+    let what = || path.display().to_string();
     let mut ram = match format {
         // straight from the QEMU reader's events: no conversion in between
         input::Format::Qemu => {
-            let copts = opts.convert_options(&args.file, false)?;
+            let copts = opts.convert_options(path, false)?;
             let mut sink = ExtractSink {
-                ram: RamFiles::new(&args.out, 4096, &opts.limits),
+                ram: ram(4096),
                 failed: None,
             };
             let r = vmstream_qemu::read_qemu(input, &mut sink, &copts);
@@ -527,8 +626,8 @@ pub(crate) fn extract(args: &ExtractArgs, opts: &Opts) -> Result<ExitCode> {
             sink.ram
         }
         input::Format::Vmstream => {
-            let mut r = input::reader(input, &args.file, opts)?;
-            let mut ram = RamFiles::new(&args.out, r.header().page_size, &opts.limits);
+            let mut r = input::reader(input, path, opts)?;
+            let mut ram = ram(r.header().page_size);
             while let Some(item) = r.next().with_context(what)? {
                 match item.record {
                     Record::RamBlocks(blocks) => {
@@ -549,10 +648,142 @@ pub(crate) fn extract(args: &ExtractArgs, opts: &Opts) -> Result<ExitCode> {
         }
     };
     ram.flush().with_context(what)?;
-    for bf in ram.blocks.values() {
-        println!("{}\t{}\t{}", bf.file_name, bf.block.name, bf.block.size);
+    Ok(ram)
+}
+
+/// `extract --range`: the range's final contents, as raw bytes, to a file or
+/// standard output. A vmstream file is read through its index; anything else
+/// (pipes, QEMU streams, files that cannot seek) as a stream.
+fn extract_range(args: &ExtractArgs, range: &RamRange, opts: &Opts) -> Result<ExitCode> {
+    let to_stdout = args.out.as_os_str() == "-";
+    let dir = match args.out.parent() {
+        _ if to_stdout => std::env::temp_dir(),
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let what = || args.file.display().to_string();
+    let ram = match seek_range(args, range, &dir, opts)? {
+        Some(ram) => ram,
+        None => stream_ram(&args.file, opts, |ps| {
+            RamFiles::windowed(&dir, ps, &opts.limits, range.clone())
+        })?,
+    };
+    let bf = ram
+        .window
+        .as_ref()
+        .and_then(|w| w.block)
+        .and_then(|id| ram.blocks.get(&id))
+        .with_context(|| format!("{}: no RAM block named {:?}", what(), range.block))?;
+    let from = range.offset - bf.base * ram.page_size;
+    if to_stdout {
+        copy_out(bf.file()?, from, range.len, &mut std::io::stdout().lock())?;
+    } else {
+        // written beside the output and renamed over it once complete
+        let tmp = tempfile::NamedTempFile::new_in(&dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        let mut out = tmp.reopen()?;
+        copy_out(bf.file()?, from, range.len, &mut out)?;
+        tmp.persist(&args.out)
+            .with_context(|| format!("cannot create {}", args.out.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `extract --range` through a vmstream file's index: reads the RAM block
+/// list and the page batches that overlap the range. `Ok(None)` when the
+/// input is no seekable vmstream file, carries QEMU RAM records (which update
+/// pages outside page batches), or its index failed (after a warning): the
+/// caller then reads the stream whole.
+fn seek_range(
+    args: &ExtractArgs,
+    range: &RamRange,
+    dir: &Path,
+    opts: &Opts,
+) -> Result<Option<RamFiles>> {
+    let Some(mut r) = input::seekable(&args.file, opts) else {
+        return Ok(None);
+    };
+    if r.header().optional_features & vmstream::header::FEATURE_QEMU_FRAMING != 0 {
+        return Ok(None);
+    }
+    let blocks = match r.ram_blocks() {
+        Ok(b) => b.to_vec(),
+        Err(e) => {
+            input::seek_failed(&args.file, &e.into());
+            return Ok(None);
+        }
+    };
+    let what = || args.file.display().to_string();
+    // what the request asks of a sound file is answered here, without a fallback
+    let block = blocks
+        .into_iter()
+        .find(|b| b.name == range.block)
+        .with_context(|| format!("{}: no RAM block named {:?}", what(), range.block))?;
+    let id = block.id;
+    let page_size = r.header().page_size;
+    let mut ram = RamFiles::windowed(dir, page_size, &opts.limits, range.clone());
+    ram.add(block).with_context(what)?;
+    let ps = u64::from(page_size);
+    let pages = range.offset / ps..=(range.offset + range.len - 1) / ps;
+    let mut failed = None;
+    let read = r.for_each_batch(id, pages, &mut |batch| {
+        ram.apply(batch).map_err(|e| {
+            let msg = format!("{e:#}");
+            failed = Some(e);
+            vmstream::Error::new(vmstream::ErrorKind::Io, msg)
+        })
+    });
+    if let Some(e) = failed {
+        // writing the output failed, not reading the file
+        return Err(e.context(what()));
+    }
+    if let Err(e) = read {
+        input::seek_failed(&args.file, &e.into());
+        return Ok(None);
+    }
+    ram.flush().with_context(what)?;
+    Ok(Some(ram))
+}
+
+/// Copies `len` bytes at `from` of `src` to `out`, leaving holes for zeros
+/// when `out` is a file.
+fn copy_out(src: &File, from: u64, len: u64, out: &mut dyn WriteOut) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = usize::try_from((len - done).min(buf.len() as u64))?;
+        src.read_exact_at(&mut buf[..n], from + done)?;
+        out.put(&buf[..n], done + n as u64 == len)?;
+        done += n as u64;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Where `copy_out` writes: standard output, or a file that can keep holes.
+trait WriteOut: Write {
+    /// Writes `chunk`; `last` says no more follow.
+    fn put(&mut self, chunk: &[u8], last: bool) -> std::io::Result<()>;
+}
+
+impl WriteOut for std::io::StdoutLock<'_> {
+    fn put(&mut self, chunk: &[u8], _last: bool) -> std::io::Result<()> {
+        self.write_all(chunk)
+    }
+}
+
+impl WriteOut for File {
+    fn put(&mut self, chunk: &[u8], last: bool) -> std::io::Result<()> {
+        if is_zero(chunk) {
+            let end = self.seek(SeekFrom::Current(chunk.len() as i64))?;
+            if last {
+                self.set_len(end)?;
+            }
+            Ok(())
+        } else {
+            self.write_all(chunk)
+        }
+    }
 }
 
 /// Extracts RAM from a QEMU reader's events. The reader stops at the first

@@ -1,6 +1,7 @@
 //! Opening inputs: files or stdin, in vmstream or QEMU format. QEMU streams are
 //! converted to vmstream on the fly, in a thread feeding a pipe, so every
-//! command reads one format.
+//! command reads one format. vmstream files can also be opened for seeking
+//! ([`seekable`]), for commands that need one device or one RAM range.
 
 use std::fs::File;
 use std::io::{BufRead, Read};
@@ -8,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
-use vmstream::header::FEATURE_QEMU_FRAMING;
-use vmstream::{Limits, StreamReader, WriterOptions};
+use vmstream::header::{FEATURE_QEMU_FRAMING, MAGIC};
+use vmstream::{DeviceState, Limits, SeekReader, StreamReader, WriterOptions};
 use vmstream_qemu::ConvertOptions;
 
 use crate::aligned::AlignedReader;
@@ -153,6 +154,64 @@ fn open_records(path: &Path, opts: &Opts, image: bool) -> Result<(Format, Stream
 pub(crate) fn reader(input: Input, path: &Path, opts: &Opts) -> Result<StreamReader<Input>> {
     StreamReader::new(input, opts.limits)
         .with_context(|| format!("{}: cannot read the stream header", path.display()))
+}
+
+/// A seeking reader over `path` when it is a regular file holding a vmstream
+/// stream; `None` for `-`, pipes, devices and QEMU streams, which commands
+/// read as streams. A file whose tail or index cannot be used is read as a
+/// stream too, after a warning that says why.
+pub(crate) fn seekable(path: &Path, opts: &Opts) -> Option<SeekReader<File>> {
+    if path.as_os_str() == "-" {
+        return None;
+    }
+    let mut f = File::open(path).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut magic = [0u8; MAGIC.len()];
+    f.read_exact(&mut magic).ok()?;
+    if magic != MAGIC {
+        return None;
+    }
+    match SeekReader::open(f, opts.limits) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            seek_failed(path, &e.into());
+            None
+        }
+    }
+}
+
+/// Says on stderr why seeking in `path` failed, before the caller reads the
+/// whole stream instead.
+pub(crate) fn seek_failed(path: &Path, err: &anyhow::Error) {
+    eprintln!(
+        "vmstream: warning: {}: cannot seek ({err:#}); reading the whole stream",
+        path.display()
+    );
+}
+
+/// Whether `want` (a `dump --device` argument: `name` or `name:instance`)
+/// may select a device of instance name `name`.
+pub(crate) fn may_match_device(want: &str, name: &str) -> bool {
+    want == name
+        || want
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .is_some_and(|id| id.parse::<u32>().is_ok())
+}
+
+/// The device records that `want` may select, read by seeking, in stream order.
+pub(crate) fn seek_devices(
+    r: &mut SeekReader<File>,
+    want: &str,
+) -> vmstream::Result<Vec<DeviceState>> {
+    let offsets: Vec<u64> = r
+        .devices()
+        .filter(|e| may_match_device(want, &e.name))
+        .map(|e| e.offset)
+        .collect();
+    offsets.into_iter().map(|at| r.device_at(at)).collect()
 }
 
 /// Whether a vmstream input carries QEMU framing (peeks at its header).

@@ -176,12 +176,13 @@ pub fn incoming(
     let start = std::time::Instant::now();
     let r = run(vm, conns, local, stats, cancel);
     let total = start.elapsed().as_millis() as u64;
+    let cancelled = cancel.is_cancelled();
     stats.update(|s| {
         s.total_time_ms = total;
         match &r {
             Ok(()) => s.status = Some(Status::Completed),
             Err(e) => {
-                s.status = Some(if e.is_cancel() {
+                s.status = Some(if e.is_cancel() || cancelled {
                     Status::Cancelled
                 } else {
                     Status::Failed

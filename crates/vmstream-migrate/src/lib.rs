@@ -64,6 +64,9 @@ impl Error {
     pub(crate) fn usage(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::Usage, m)
     }
+    pub(crate) fn transport(m: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Stream, m)
+    }
     pub(crate) fn internal(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::Internal, m)
     }

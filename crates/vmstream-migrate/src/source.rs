@@ -314,6 +314,7 @@ pub fn migrate(
             s.remaining = 0;
         }),
         Err(e) => {
+            let cancelled = e.is_cancel() || cancel.is_cancelled();
             cancel.cancel();
             vm.vcpus.throttle(0);
             vm.dirty.stop();
@@ -325,7 +326,7 @@ pub fn migrate(
                     msg = format!("{msg}; resuming the source failed too: {r}");
                 }
             }
-            let st = if e.is_cancel() {
+            let st = if cancelled {
                 Status::Cancelled
             } else {
                 Status::Failed

@@ -3,7 +3,7 @@
 //! `vmstream guest` runs, and the embedding example for a VMM.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,19 @@ pub struct DeviceRegs {
     pub fifo: Vec<u8>,
 }
 
+/// The workload's own state: the "vCPU" of a synthetic guest. It migrates
+/// with the guest (as device `cpu0`), so the destination's workload goes on
+/// where the source's stopped: same rate, counter and page sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuState {
+    /// Pages written per second while running.
+    pub rate: u64,
+    /// Page writes so far.
+    pub counter: u64,
+    /// The page sequence's generator state.
+    pub seed: u64,
+}
+
 struct Memory {
     stripes: Vec<RwLock<Vec<u8>>>,
     size: u64,
@@ -67,7 +80,7 @@ pub struct Synthetic {
     run: Arc<(Mutex<RunState>, Condvar)>,
     throttle: Arc<AtomicU8>,
     devices: Vec<Arc<Mutex<DeviceRegs>>>,
-    counter: Arc<AtomicU64>,
+    cpu: Arc<Mutex<CpuState>>,
     stop: Arc<AtomicBool>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -130,26 +143,33 @@ impl Synthetic {
             run: Arc::new((Mutex::new(RunState { paused: true }), Condvar::new())),
             throttle: Arc::new(AtomicU8::new(0)),
             devices,
-            counter: Arc::new(AtomicU64::new(0)),
+            cpu: Arc::new(Mutex::new(CpuState {
+                rate: 0,
+                counter: 0,
+                seed: 0x9e37_79b9_7f4a_7c15,
+            })),
             stop: Arc::new(AtomicBool::new(false)),
             worker: Mutex::new(None),
         }
     }
 
     /// Starts the workload thread, writing `rate` pages per second while the
-    /// guest runs (0: idle). The guest stays paused until resumed.
+    /// guest runs (0: idle). The guest stays paused until resumed. An
+    /// incoming guest takes the rate from the migrated `cpu0` state.
     pub fn start_workload(&self, rate: u64) {
-        let (mem, run, throttle, devices, counter, stop) = (
+        if let Ok(mut c) = self.cpu.lock() {
+            c.rate = rate;
+        }
+        let (mem, run, throttle, devices, cpu, stop) = (
             self.mem.clone(),
             self.run.clone(),
             self.throttle.clone(),
             self.devices.clone(),
-            self.counter.clone(),
+            self.cpu.clone(),
             self.stop.clone(),
         );
         let h = std::thread::spawn(move || {
             let pages = mem.size / u64::from(PAGE);
-            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
             let tick = Duration::from_millis(10);
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
@@ -163,15 +183,15 @@ impl Synthetic {
                         };
                     }
                     // Holding the run lock: pause waits for this batch.
-                    let n = rate / 100;
-                    for _ in 0..n {
-                        let page = xorshift(&mut seed) % pages;
-                        let c = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                    let Ok(mut c) = cpu.lock() else { return };
+                    for _ in 0..c.rate / 100 {
+                        let page = xorshift(&mut c.seed) % pages;
+                        c.counter += 1;
                         let off = page * u64::from(PAGE);
                         let stripe = (off / STRIPE) as usize;
                         let at = (off % STRIPE) as usize;
                         if let Ok(mut s) = mem.stripes[stripe].write() {
-                            s[at..at + 8].copy_from_slice(&c.to_le_bytes());
+                            s[at..at + 8].copy_from_slice(&c.counter.to_le_bytes());
                             s[at + 8..at + 16].copy_from_slice(&page.to_le_bytes());
                         }
                         if let Ok(mut d) = mem.dirty.lock() {
@@ -180,6 +200,7 @@ impl Synthetic {
                             }
                         }
                     }
+                    drop(c);
                     if let Some(d) = devices.first() {
                         if let Ok(mut d) = d.lock() {
                             d.ticks += 1;
@@ -202,7 +223,7 @@ impl Synthetic {
 
     /// How many page writes the workload has made.
     pub fn counter(&self) -> u64 {
-        self.counter.load(Ordering::Relaxed)
+        self.cpu.lock().map(|c| c.counter).unwrap_or(0)
     }
 
     /// Whether the guest is paused.
@@ -221,6 +242,12 @@ impl Synthetic {
     /// The guest as the migration engine sees it.
     pub fn vm(self: &Arc<Self>) -> Vm {
         let mut reg = DeviceRegistry::new();
+        let _ = reg.register(Box::new(SerdeDevice::new(
+            "cpu0",
+            "synthetic-cpu",
+            1,
+            self.cpu.clone(),
+        )));
         for (i, d) in self.devices.iter().enumerate() {
             let _ = reg.register(Box::new(SerdeDevice::new(
                 &format!("dev{i}"),

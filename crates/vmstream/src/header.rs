@@ -10,7 +10,7 @@ pub const MAGIC: [u8; 8] = [0x89, b'V', b'M', b'S', b'\r', b'\n', 0x1a, b'\n'];
 /// The format's major version. A reader refuses a larger major version.
 pub const VERSION_MAJOR: u16 = 1;
 /// The format's minor version. Minor versions only add what older readers may ignore.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 
 /// Size of the fixed part of the header, before the writer string.
 pub(crate) const FIXED_LEN: usize = 40;

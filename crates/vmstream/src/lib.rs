@@ -11,6 +11,8 @@
 //! - Reading: [`SliceReader`] (zero-copy over `&[u8]`), [`StreamReader`] (any
 //!   `Read`), and the push [`Decoder`] for sockets. All yield [`Item`]s holding
 //!   a [`Record`]; all share [`StreamState`] and obey [`Limits`].
+//! - Seeking: [`SeekReader`] over a `Read + Seek` file reads one device or one
+//!   RAM range through the file's index, touching only the records it needs.
 //! - Values: [`Value`] with its binary, JSON ([`Value::to_json`]) and serde
 //!   ([`to_value`], [`from_value`], [`from_device`]) forms.
 //! - Errors: one [`Error`] with an [`ErrorKind`] saying who is to blame and a
@@ -55,10 +57,12 @@ mod cursor;
 mod de;
 mod error;
 pub mod header;
+pub mod index;
 mod limits;
 pub mod read;
 pub mod record;
 pub mod schema;
+pub mod seek;
 mod ser;
 pub mod value;
 pub mod write;
@@ -70,6 +74,7 @@ pub use header::{Arch, Header, StreamKind};
 pub use limits::Limits;
 pub use read::{Decoder, Event, Item, Record, SliceReader, StreamReader, StreamState};
 pub use record::{Compression, DeviceState, Page, PageBatch, RamBlock, RecordKind};
+pub use seek::{MapSource, SeekReader};
 pub use ser::{to_value, ValueSerializer};
 pub use value::Value;
 pub use write::{StreamWriter, WriterOptions};

@@ -6,11 +6,11 @@ use std::io::Write;
 use crate::crc::Crc32c;
 use crate::error::{Error, Result};
 use crate::header::{Header, FEATURE_INDEX, FEATURE_LZ4, FEATURE_ZSTD};
+use crate::index::IndexBuilder;
 use crate::record::{
-    encode_end, encode_index, encode_names, encode_ram_blocks, encode_str, frame_into,
-    padded_body_len, Compression, DeviceState, End, IndexEntry, PageKind, RamBlock, RecordKind,
-    SchemaRecord, FLAG_OPTIONAL, MAX_BATCH_PAGES, PAGES_DATA_ALIGN, PAGES_FIXED_LEN,
-    RECORD_HEADER_LEN,
+    encode_end, encode_names, encode_ram_blocks, encode_str, frame_into, padded_body_len,
+    Compression, DeviceState, End, PageKind, RamBlock, RecordKind, SchemaRecord, FLAG_OPTIONAL,
+    MAX_BATCH_PAGES, PAGES_DATA_ALIGN, PAGES_FIXED_LEN, RECORD_HEADER_LEN,
 };
 use crate::value::{encode, NameTable, Value};
 
@@ -79,7 +79,7 @@ pub struct StreamWriter<W: Write> {
     blocks: HashMap<u32, u64>,
     offset: u64,
     records: u64,
-    index: Vec<IndexEntry>,
+    index: IndexBuilder,
     pending: PendingBatch,
     scratch: Vec<u8>,
     frame: Vec<u8>,
@@ -119,7 +119,7 @@ impl<W: Write> StreamWriter<W> {
             blocks: HashMap::new(),
             offset: 0,
             records: 0,
-            index: Vec::new(),
+            index: IndexBuilder::new(options.index),
             pending: PendingBatch::default(),
             scratch: Vec::new(),
             frame: Vec::new(),
@@ -170,16 +170,6 @@ impl<W: Write> StreamWriter<W> {
         body.extend_from_slice(&dev.version.to_le_bytes());
         encode(&dev.value, &mut self.names, &mut body);
         self.publish_names()?;
-        if self.options.index {
-            self.index.push(IndexEntry {
-                kind: RecordKind::DEVICE,
-                offset: self.offset,
-                block: u32::MAX,
-                first_page: 0,
-                last_page: 0,
-                name: dev.name.clone(),
-            });
-        }
         self.record(RecordKind::DEVICE, 0, &body)
     }
 
@@ -349,7 +339,7 @@ impl<W: Write> StreamWriter<W> {
         self.flush_pages()?;
         let index_offset = if self.options.index {
             let off = self.offset;
-            let body = encode_index(&self.index);
+            let body = self.index.encode();
             self.record(RecordKind::INDEX, FLAG_OPTIONAL, &body)?;
             Some(off)
         } else {
@@ -452,18 +442,6 @@ impl<W: Write> StreamWriter<W> {
         };
         let stored_len = compressed.as_ref().map_or(raw_len, Vec::len);
         fixed[stored_len_at..stored_len_at + 4].copy_from_slice(&(stored_len as u32).to_le_bytes());
-        if self.options.index {
-            if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
-                self.index.push(IndexEntry {
-                    kind: RecordKind::PAGES,
-                    offset: self.offset,
-                    block,
-                    first_page: first.0,
-                    last_page: last.0,
-                    name: String::new(),
-                });
-            }
-        }
         match &compressed {
             Some(c) => self.record_parts(RecordKind::PAGES, 0, &[&fixed, c]),
             None => {
@@ -489,6 +467,7 @@ impl<W: Write> StreamWriter<W> {
         if self.finished {
             return Err(Error::usage("stream already finished"));
         }
+        self.index.note(kind, self.offset, &[body]);
         self.frame.clear();
         frame_into(&mut self.frame, kind, flags, body);
         self.out.write_all(&self.frame)?;
@@ -505,6 +484,7 @@ impl<W: Write> StreamWriter<W> {
         }
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let len32 = u32::try_from(len).map_err(|_| Error::usage("record body exceeds 4 GiB"))?;
+        self.index.note(kind, self.offset, parts);
         let mut hdr = [0u8; RECORD_HEADER_LEN];
         hdr[..2].copy_from_slice(&kind.0.to_le_bytes());
         hdr[2..4].copy_from_slice(&flags.to_le_bytes());
