@@ -51,12 +51,13 @@ impl<R: Read> Input<R> {
             self.end -= self.pos;
             self.pos = 0;
         }
-        if self.buf.len() < n {
-            self.buf.resize(n.next_multiple_of(CHUNK), 0);
-        }
         while self.end < n {
             if self.end == self.buf.len() {
-                self.buf.resize(self.buf.len() + CHUNK, 0);
+                // Grow as bytes arrive, never to a declared length up front:
+                // doubling, so the buffer is at most twice what was read.
+                let target = n.checked_next_multiple_of(CHUNK).unwrap_or(n);
+                let grow = self.buf.len().max(CHUNK).min(target - self.buf.len());
+                self.buf.resize(self.buf.len() + grow, 0);
             }
             match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
@@ -130,20 +131,17 @@ impl<R: Read> Input<R> {
 
     /// Reads everything up to EOF into the buffer, failing beyond `limit` bytes.
     pub(crate) fn buffer_rest(&mut self, limit: u64) -> Result<()> {
-        let mut want = (self.end - self.pos).max(CHUNK);
-        loop {
-            let got = self.fill(want)?;
-            if got < want {
-                return Ok(());
-            }
-            if got as u64 > limit {
-                return Err(Error::new(
-                    ErrorKind::LimitExceeded,
-                    format!("the device sections need more than {limit} bytes of buffer (Limits::max_alloc) before the device description arrives"),
-                )
-                .at_offset(self.offset()));
-            }
-            want = got * 2;
+        let cap = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let got = self.fill(cap)?;
+        if got as u64 > limit {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!("the device sections need more than {limit} bytes of buffer (Limits::max_alloc) before the device description arrives"),
+            )
+            .at_offset(self.offset()));
         }
+        Ok(())
     }
 }

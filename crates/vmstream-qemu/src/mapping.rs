@@ -135,7 +135,15 @@ impl<W: Write> Sink for VmstreamSink<W> {
             Event::Header { version } => self.version = *version,
             Event::Configuration { raw, machine } => {
                 if let Some(bits) = page_bits(raw) {
-                    self.page_size = 1 << bits;
+                    let size = 1u32
+                        .checked_shl(bits)
+                        .filter(|s| QEMU_PAGE_SIZES.contains(s));
+                    self.page_size = size.ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Malformed,
+                            format!("configuration with target page bits {bits} (QEMU's target pages are {} to {} bytes)", QEMU_PAGE_SIZES.start(), QEMU_PAGE_SIZES.end()),
+                        )
+                    })?;
                 }
                 self.config = Some((raw.to_vec(), (*machine).to_owned()));
             }

@@ -39,6 +39,12 @@ pub enum PageUpdate<'a> {
 /// The page update a verbatim RAM record carries, if any (`None` for records
 /// that touch no page, such as MULTIFD_FLUSH).
 pub fn page_update(header: u64, payload: &[u8], page_size: u64) -> Result<Option<PageUpdate<'_>>> {
+    if !page_size.is_power_of_two() {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!("page size {page_size} is not a power of two"),
+        ));
+    }
     let flags = header & (page_size - 1) & !FLAG_CONTINUE;
     let bad = |what: &str| {
         Error::new(
@@ -121,16 +127,20 @@ fn uleb(delta: &[u8], pos: &mut usize) -> Result<usize> {
 /// Applies an XBZRLE delta (pairs of unchanged-run and new-bytes-run lengths,
 /// LEB128) to `page` in place.
 pub fn xbzrle_decode(delta: &[u8], page: &mut [u8]) -> Result<()> {
+    let past_end = || Error::new(ErrorKind::Malformed, "XBZRLE delta runs past the page end");
     let (mut pos, mut at) = (0usize, 0usize);
     while pos < delta.len() {
         let zrun = uleb(delta, &mut pos)?;
-        at += zrun;
+        at = at
+            .checked_add(zrun)
+            .filter(|&a| a <= page.len())
+            .ok_or_else(past_end)?;
         if pos == delta.len() {
             break;
         }
         let nzrun = uleb(delta, &mut pos)?;
-        let src = delta.get(pos..pos + nzrun);
-        let dst = page.get_mut(at..at + nzrun);
+        let src = pos.checked_add(nzrun).and_then(|e| delta.get(pos..e));
+        let dst = at.checked_add(nzrun).and_then(|e| page.get_mut(at..e));
         match (src, dst) {
             (Some(s), Some(d)) if nzrun > 0 => d.copy_from_slice(s),
             _ => {
@@ -140,14 +150,9 @@ pub fn xbzrle_decode(delta: &[u8], page: &mut [u8]) -> Result<()> {
                 ))
             }
         }
+        // both fit in slices, so neither sum overflows
         pos += nzrun;
         at += nzrun;
-    }
-    if at > page.len() {
-        return Err(Error::new(
-            ErrorKind::Malformed,
-            "XBZRLE delta runs past the page end",
-        ));
     }
     Ok(())
 }

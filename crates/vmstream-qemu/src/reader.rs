@@ -7,6 +7,7 @@ use vmstream::{DeviceState, Error, ErrorKind, Limits, Result, Value};
 
 use crate::event::{Event, QemuRamBlock, SectionHeader, SectionKind, Sink};
 use crate::input::Input;
+use crate::mapping::QEMU_PAGE_SIZES;
 use crate::ram::*;
 use crate::vmdesc::{self, Vmdesc};
 use crate::{COMMAND_NAMES, MAGIC, VERSION};
@@ -109,10 +110,14 @@ impl<R: Read> QemuReader<R> {
     /// Reads the whole stream, handing every event to `sink`.
     pub fn run(mut self, sink: &mut dyn Sink) -> Result<Summary> {
         self.header(sink)?;
-        if let Some((json, true)) = self.supplied.as_ref() {
-            let json = json.clone();
-            self.supplied = None;
-            self.set_vmdesc(json, true, 0)?;
+        if let Some((json, true)) = self.supplied.take_if(|(_, own)| *own) {
+            // The trailer read ahead from a file. If it does not parse, the
+            // same bytes fail again where the stream carries them, and that
+            // error can say at which offset.
+            if self.set_vmdesc(json, true, None).is_err() {
+                self.vmdesc = None;
+                self.vmdesc_json = None;
+            }
         }
         loop {
             let at = self.input.offset();
@@ -223,13 +228,29 @@ impl<R: Read> QemuReader<R> {
                 "configuration/target-page-bits" => {
                     let bits = self.input.u32("target page bits")?;
                     raw.extend_from_slice(&bits.to_be_bytes());
-                    if !(9..=30).contains(&bits) {
+                    let size = 1u32
+                        .checked_shl(bits)
+                        .filter(|s| QEMU_PAGE_SIZES.contains(s));
+                    let Some(size) = size.map(u64::from) else {
                         return Err(malformed(
-                            format!("target page bits {bits} out of range"),
+                            format!(
+                                "target page bits {bits} out of range (QEMU's target pages are {} to {} bytes)",
+                                QEMU_PAGE_SIZES.start(),
+                                QEMU_PAGE_SIZES.end()
+                            ),
                             at,
                         ));
+                    };
+                    // A page is held whole in the input buffer and in a record.
+                    let max = u64::from(self.limits.max_record_size).min(self.limits.max_alloc);
+                    if size > max {
+                        return Err(Error::new(
+                            ErrorKind::LimitExceeded,
+                            format!("target page size of {size} bytes (page bits {bits}) exceeds Limits::max_record_size or max_alloc ({max} bytes)"),
+                        )
+                        .at_offset(at));
                     }
-                    self.page_size = 1 << bits;
+                    self.page_size = size;
                 }
                 "configuration/capabilities" => {
                     let count = self.input.u32("capability count")?;
@@ -292,7 +313,23 @@ impl<R: Read> QemuReader<R> {
                     at,
                 )
             })?;
-            self.packages.push(end + u64::from(n));
+            let pkg_end = end + u64::from(n);
+            if let Some(&outer) = self.packages.last() {
+                if pkg_end > outer {
+                    return Err(malformed(
+                        format!("a postcopy package ending at {pkg_end:#x} inside one ending at {outer:#x}"),
+                        at,
+                    ));
+                }
+            }
+            if self.packages.len() >= self.limits.max_depth as usize {
+                return Err(Error::new(
+                    ErrorKind::LimitExceeded,
+                    "postcopy packages nest deeper than Limits::max_depth",
+                )
+                .at_offset(at));
+            }
+            self.packages.push(pkg_end);
         }
         if cmd == CMD_POSTCOPY_ADVISE && len == 16 {
             let or_sizes = u64::from_be_bytes(payload[..8].try_into().unwrap_or_default());
@@ -339,6 +376,16 @@ impl<R: Read> QemuReader<R> {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     format!("iterative section {:?} (only \"ram\" is read)", h.idstr),
+                )
+                .at_offset(at));
+            }
+            if self.sections.len() >= self.limits.max_names as usize {
+                return Err(Error::new(
+                    ErrorKind::LimitExceeded,
+                    format!(
+                        "more than {} sections (Limits::max_names)",
+                        self.sections.len()
+                    ),
                 )
                 .at_offset(at));
             }
@@ -530,13 +577,20 @@ impl<R: Read> QemuReader<R> {
                 let b = self.input.peek(fixed + 4, "compressed page length")?;
                 let len = u32::from_be_bytes([b[fixed], b[fixed + 1], b[fixed + 2], b[fixed + 3]])
                     as usize;
-                if len > 2 * ps + 1024 {
+                if len > ps.saturating_mul(2).saturating_add(1024) {
                     return Err(malformed(
                         format!(
                             "compressed page of {len} bytes is larger than any page compresses to"
                         ),
                         at,
                     ));
+                }
+                if len > self.limits.max_record_size as usize {
+                    return Err(Error::new(
+                        ErrorKind::LimitExceeded,
+                        format!("compressed page of {len} bytes exceeds Limits::max_record_size"),
+                    )
+                    .at_offset(at));
                 }
                 4 + len
             }
@@ -607,23 +661,22 @@ impl<R: Read> QemuReader<R> {
         Ok(())
     }
 
-    fn set_vmdesc(&mut self, json: Vec<u8>, in_stream: bool, at: u64) -> Result<()> {
-        if json.len() as u64 > self.limits.max_alloc {
-            return Err(Error::new(
-                ErrorKind::LimitExceeded,
-                "the vmdesc is larger than Limits::max_alloc",
-            )
-            .at_offset(at));
-        }
-        let d = Vmdesc::parse(&json, self.limits.max_depth).map_err(|e| e.at_offset(at))?;
+    /// Parses and keeps a description; `at` is the stream offset of its JSON
+    /// text, for errors (`None` when it is not where the stream is now).
+    fn set_vmdesc(&mut self, json: Vec<u8>, in_stream: bool, at: Option<u64>) -> Result<()> {
+        let locate = |e: Error| match at {
+            Some(at) => e.at_offset(at),
+            None => e,
+        };
+        let d = Vmdesc::parse_limited(&json, &self.limits).map_err(locate)?;
         if d.page_size != self.page_size {
-            return Err(Error::new(
+            return Err(locate(Error::new(
                 ErrorKind::Unsupported,
                 format!(
                     "vmdesc page size {} differs from the stream's {}",
                     d.page_size, self.page_size
                 ),
-            ));
+            )));
         }
         self.vmdesc = Some(d);
         self.vmdesc_json = Some((json, in_stream));
@@ -652,10 +705,12 @@ impl<R: Read> QemuReader<R> {
         if let Some(p) = vmdesc::find_trailer(self.input.avail()) {
             let json = self.input.avail()[p + 5..].to_vec();
             self.trailer_at = Some(base + p as u64);
-            return self.set_vmdesc(json, true, base + p as u64 + 5);
+            return self.set_vmdesc(json, true, Some(base + p as u64 + 5));
         }
         if let Some((json, _)) = self.supplied.take() {
-            self.set_vmdesc(json, false, 0)?;
+            // A twin stream's description: an error is placed at the section
+            // that needed it.
+            self.set_vmdesc(json, false, None)?;
         }
         Ok(())
     }
@@ -686,32 +741,45 @@ impl<R: Read> QemuReader<R> {
                         ),
                     ));
                 }
-                Some(e.clone())
+                Some(e)
             }
             None => None,
+        };
+        let described = desc.is_some();
+        let type_name = match desc.and_then(|d| d.vmsd.as_ref()) {
+            Some(o) => o.vmsd_name.clone(),
+            None => h.idstr.clone(),
         };
         let max = self.limits.max_record_size as usize;
         let body_at = self.input.offset();
         let mut value = None;
         let mut why = String::new();
-        if let Some(d) = &desc {
+        if let Some(d) = desc {
             match &d.vmsd {
                 Some(obj) if obj.version == h.version_id => {
-                    let want = (obj.body_len() as usize).min(max);
+                    let want = usize::try_from(obj.body_len())
+                        .unwrap_or(usize::MAX)
+                        .min(max);
                     self.input.fill(want)?;
-                    match vmdesc::decode_prefix(obj, self.input.avail(), self.limits.max_depth) {
+                    // A typed body is bounded like a kept one: by max_record_size.
+                    let avail = self.input.avail();
+                    let data = &avail[..avail.len().min(max)];
+                    match vmdesc::decode_prefix(obj, data, body_at, &self.limits) {
                         Ok((v, len)) => {
                             self.scratch.clear();
-                            vmdesc::encode(obj, &v, &mut self.scratch)?;
-                            if self.scratch[..] == self.input.avail()[..len] {
-                                self.input.advance(len);
-                                value = Some(v);
-                            } else {
-                                why =
-                                    "its typed values do not encode back to the same bytes".into();
+                            match vmdesc::encode(obj, &v, &mut self.scratch) {
+                                Ok(()) if self.scratch[..] == data[..len] => {
+                                    self.input.advance(len);
+                                    value = Some(v);
+                                }
+                                Ok(()) => {
+                                    why = "its typed values do not encode back to the same bytes"
+                                        .into()
+                                }
+                                Err(e) => why = format!("{} ({})", e.message(), e.location()),
                             }
                         }
-                        Err(e) => why = e.at_offset(0).to_string(),
+                        Err(e) => why = format!("{} at {}", e.message(), e.location()),
                     }
                 }
                 Some(obj) => {
@@ -741,7 +809,7 @@ impl<R: Read> QemuReader<R> {
             Some(v) => v,
             None => {
                 let len = self.footer_scan(id)?.ok_or_else(|| {
-                    if desc.is_some() {
+                    if described {
                         Error::new(
                             ErrorKind::Malformed,
                             format!("the vmdesc does not describe this section ({why}), and without a section footer its end cannot be found"),
@@ -776,10 +844,7 @@ impl<R: Read> QemuReader<R> {
         let state = DeviceState {
             name: h.idstr.clone(),
             instance_id: h.instance_id,
-            type_name: match desc.as_ref().and_then(|d| d.vmsd.as_ref()) {
-                Some(o) => o.vmsd_name.clone(),
-                None => h.idstr.clone(),
-            },
+            type_name,
             version: h.version_id,
             value,
         };
@@ -841,11 +906,15 @@ impl<R: Read> QemuReader<R> {
             }
             Some(VMDESC) => {
                 self.input.advance(1);
-                let len = self.input.u32("vmdesc length")? as u64;
-                if len > self.limits.max_alloc {
+                let len = u64::from(self.input.u32("vmdesc length")?);
+                // Checked before any byte is read: parsing takes the text twice.
+                if len.saturating_mul(2) > self.limits.max_alloc {
                     return Err(Error::new(
                         ErrorKind::LimitExceeded,
-                        format!("vmdesc of {len} bytes exceeds Limits::max_alloc"),
+                        format!(
+                            "vmdesc of {len} bytes: parsing it needs more than Limits::max_alloc ({} bytes)",
+                            self.limits.max_alloc
+                        ),
                     )
                     .at_offset(at));
                 }
@@ -860,7 +929,7 @@ impl<R: Read> QemuReader<R> {
                     Some((_, true)) => {}
                     _ => {
                         self.vmdesc_emitted = false;
-                        self.set_vmdesc(json, true, at + 5)?;
+                        self.set_vmdesc(json, true, Some(at + 5))?;
                     }
                 }
             }

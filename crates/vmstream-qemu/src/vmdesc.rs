@@ -8,9 +8,20 @@
 //! the same description and takes values in the same order, so
 //! `encode(decode(bytes)) == bytes` whenever decoding succeeds; callers check
 //! that and keep the body as bytes when it does not hold.
+//!
+//! The description is as hostile as the stream. It is parsed straight into
+//! [`Vmdesc`] (no JSON tree in between), and everything built from it, while
+//! parsing and while decoding a section, is charged to [`Limits::max_alloc`].
+//! Element counts are checked against the bytes left in the section before a
+//! loop runs, a repeated field of zero bytes is refused (it would repeat
+//! without consuming input), and counts are added with checks.
 
-use serde_json::Value as Json;
-use vmstream::{Error, ErrorKind, Result, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::mem::size_of;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use vmstream::{Error, ErrorKind, Limits, Result, Value};
 
 /// The parsed vmdesc.
 #[derive(Debug, Clone)]
@@ -45,6 +56,25 @@ pub struct Obj {
     pub fields: Vec<Field>,
     /// Subsections in stream order.
     pub subsections: Vec<Obj>,
+    /// Per distinct field name, in order of first appearance: the first field
+    /// with that name and how many elements all fields with it hold.
+    slots: Vec<Slot>,
+    /// The first subsection whose name is already taken by a field or an
+    /// earlier subsection (such a description cannot be decoded).
+    clash: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    field: usize,
+    total: u64,
+}
+
+impl Slot {
+    /// Whether the name becomes a sequence (it holds other than one element).
+    fn many(self) -> bool {
+        self.total != 1
+    }
 }
 
 /// One field entry.
@@ -60,141 +90,67 @@ pub struct Field {
     pub nested: Option<Obj>,
     /// Bytes per element.
     pub size: u64,
+    /// Index into the owning [`Obj`]'s slots.
+    slot: usize,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Malformed, msg.into())
 }
 
-fn get_u64(o: &serde_json::Map<String, Json>, key: &str, ctx: &str) -> Result<u64> {
-    o.get(key)
-        .and_then(Json::as_u64)
-        .ok_or_else(|| bad(format!("vmdesc: {ctx} has no unsigned integer {key:?}")))
-}
-
-fn get_str<'j>(o: &'j serde_json::Map<String, Json>, key: &str, ctx: &str) -> Result<&'j str> {
-    o.get(key)
-        .and_then(Json::as_str)
-        .ok_or_else(|| bad(format!("vmdesc: {ctx} has no string {key:?}")))
-}
-
 /// Types whose contents repeat description keys per element; read by size.
 const OPAQUE_CONTAINERS: [&str; 3] = ["qtailq", "qlist", "gtree"];
 
+/// Longest vmsd name a subsection header can carry (a `u8` length).
+const MAX_SUBSECTION_NAME: usize = 0xff;
+
+const VALUE_SIZE: u64 = size_of::<Value>() as u64;
+const ENTRY_SIZE: u64 = size_of::<(String, Value)>() as u64;
+
 impl Vmdesc {
-    /// Parses the JSON text, nesting at most `max_depth` levels.
+    /// Parses the JSON text, nesting at most `max_depth` levels, with the
+    /// default [`Limits::max_alloc`] for what the description may take.
     pub fn parse(json: &[u8], max_depth: u32) -> Result<Vmdesc> {
-        // serde_json's own recursion limit (128) bounds the parse itself.
-        let root: Json = serde_json::from_slice(json)
-            .map_err(|e| bad(format!("vmdesc is not valid JSON: {e}")))?;
-        let root = root
-            .as_object()
-            .ok_or_else(|| bad("vmdesc is not a JSON object"))?;
-        let page_size = get_u64(root, "page_size", "the vmdesc")?;
-        if !page_size.is_power_of_two() || !(512..=1 << 30).contains(&page_size) {
-            return Err(bad(format!(
-                "vmdesc page_size {page_size} is not a power of two in 512..=1 GiB"
-            )));
+        Vmdesc::parse_limited(json, &Limits::default().with_max_depth(max_depth))
+    }
+
+    /// Parses the JSON text within `limits`: the text, the parser's scratch
+    /// space (up to the text's length again) and every entry built are charged
+    /// to `max_alloc`; descriptions nest at most `max_depth` levels.
+    pub fn parse_limited(json: &[u8], limits: &Limits) -> Result<Vmdesc> {
+        let text = (json.len() as u64).saturating_mul(2);
+        let Some(left) = limits.max_alloc.checked_sub(text) else {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "the vmdesc is {} bytes; parsing it needs more than Limits::max_alloc ({} bytes)",
+                    json.len(),
+                    limits.max_alloc
+                ),
+            ));
+        };
+        let mut p = Parse {
+            left,
+            max_alloc: limits.max_alloc,
+            max_depth: limits.max_depth,
+            err: None,
+        };
+        let mut de = serde_json::Deserializer::from_slice(json);
+        // serde_json's own recursion limit (128 levels) bounds the stack.
+        let r = RootSeed(&mut p)
+            .deserialize(&mut de)
+            .and_then(|v| de.end().map(|()| v));
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => Err(match p.err.take() {
+                Some(err) => reword(err, "vmdesc: "),
+                None => bad(format!("vmdesc: {e}")),
+            }),
         }
-        let list = root
-            .get("devices")
-            .and_then(Json::as_array)
-            .ok_or_else(|| bad("vmdesc has no \"devices\" array"))?;
-        let mut devices = Vec::with_capacity(list.len());
-        for (i, d) in list.iter().enumerate() {
-            let ctx = format!("device entry {i}");
-            let o = d
-                .as_object()
-                .ok_or_else(|| bad(format!("vmdesc: {ctx} is not an object")))?;
-            let name = get_str(o, "name", &ctx)?.to_owned();
-            let instance_id = u32::try_from(get_u64(o, "instance_id", &ctx)?)
-                .map_err(|_| bad(format!("vmdesc: {ctx} instance_id is out of range")))?;
-            let (vmsd, size) = if o.contains_key("vmsd_name") {
-                (Some(Obj::parse(o, &name, max_depth)?), 0)
-            } else {
-                (None, get_u64(o, "size", &ctx)?)
-            };
-            devices.push(DeviceDesc {
-                name,
-                instance_id,
-                vmsd,
-                size,
-            });
-        }
-        Ok(Vmdesc { page_size, devices })
     }
 }
 
 impl Obj {
-    fn parse(o: &serde_json::Map<String, Json>, ctx: &str, depth: u32) -> Result<Obj> {
-        if depth == 0 {
-            return Err(Error::new(
-                ErrorKind::LimitExceeded,
-                format!("vmdesc: {ctx} nests too deeply"),
-            ));
-        }
-        let vmsd_name = get_str(o, "vmsd_name", ctx)?.to_owned();
-        let version = u32::try_from(get_u64(o, "version", ctx)?)
-            .map_err(|_| bad(format!("vmdesc: {ctx} version is out of range")))?;
-        let mut fields = Vec::new();
-        let list = o
-            .get("fields")
-            .and_then(Json::as_array)
-            .ok_or_else(|| bad(format!("vmdesc: {ctx} has no fields array")))?;
-        for f in list {
-            let f = f
-                .as_object()
-                .ok_or_else(|| bad(format!("vmdesc: a field of {ctx} is not an object")))?;
-            let name = get_str(f, "name", ctx)?.to_owned();
-            let fctx = format!("{ctx}.{name}");
-            let ty = get_str(f, "type", &fctx)?.to_owned();
-            let size = get_u64(f, "size", &fctx)?;
-            let count = match f.get("array_len") {
-                Some(n) => n
-                    .as_u64()
-                    .ok_or_else(|| bad(format!("vmdesc: {fctx} array_len is not an integer")))?,
-                None => 1,
-            };
-            let nested = if OPAQUE_CONTAINERS.contains(&ty.as_str()) {
-                None
-            } else if ty == "struct" {
-                let s = f.get("struct").and_then(Json::as_object);
-                s.filter(|s| s.contains_key("fields"))
-                    .map(|s| Obj::parse(s, &fctx, depth - 1))
-                    .transpose()?
-            } else if f.contains_key("fields") && f.contains_key("vmsd_name") {
-                Some(Obj::parse(f, &fctx, depth - 1)?)
-            } else {
-                None
-            };
-            fields.push(Field {
-                name,
-                count,
-                ty,
-                nested,
-                size,
-            });
-        }
-        let mut subsections = Vec::new();
-        if let Some(subs) = o.get("subsections") {
-            let subs = subs
-                .as_array()
-                .ok_or_else(|| bad(format!("vmdesc: {ctx} subsections is not an array")))?;
-            for s in subs {
-                let s = s.as_object().ok_or_else(|| {
-                    bad(format!("vmdesc: a subsection of {ctx} is not an object"))
-                })?;
-                subsections.push(Obj::parse(s, ctx, depth - 1)?);
-            }
-        }
-        Ok(Obj {
-            vmsd_name,
-            version,
-            fields,
-            subsections,
-        })
-    }
-
     /// Body length this description predicts (exact when every element of a
     /// compressed array has the size of the first).
     pub fn body_len(&self) -> u64 {
@@ -204,19 +160,6 @@ impl Obj {
             .iter()
             .map(|s| (6 + s.vmsd_name.len() as u64).saturating_add(s.body_len()));
         fields.chain(subs).fold(0, u64::saturating_add)
-    }
-
-    /// How many times each field name occurs (after expanding arrays); names
-    /// seen more than once become sequences.
-    fn name_counts(&self) -> Vec<(&str, u64)> {
-        let mut counts: Vec<(&str, u64)> = Vec::new();
-        for f in &self.fields {
-            match counts.iter_mut().find(|(n, _)| *n == f.name) {
-                Some(c) => c.1 += f.count,
-                None => counts.push((&f.name, f.count)),
-            }
-        }
-        counts
     }
 }
 
@@ -233,23 +176,723 @@ pub fn find_trailer(data: &[u8]) -> Option<usize> {
     })
 }
 
-/// Reads bytes described by a vmdesc, with the position for messages.
+// ---------------------------------------------------------------------------
+// Parsing: serde seeds that build the description directly and charge it.
+
+/// State shared by every seed of one parse: what may still be allocated, and
+/// the first error of ours (serde's error type cannot carry a kind or a field
+/// path, so the seeds keep the real error here and hand serde a stand-in).
+struct Parse {
+    left: u64,
+    max_alloc: u64,
+    max_depth: u32,
+    err: Option<Error>,
+}
+
+impl Parse {
+    /// Records `e` (unless an error is already recorded) and returns serde's stand-in.
+    fn fail<E: de::Error>(&mut self, e: Error) -> E {
+        self.err.get_or_insert(e);
+        E::custom("vmdesc")
+    }
+
+    /// Adds context to the recorded error as it unwinds through a seed;
+    /// records serde's own error first if it is the cause.
+    fn wrap<E: de::Error + fmt::Display>(&mut self, e: E, f: impl FnOnce(Error) -> Error) -> E {
+        let err = self.err.take().unwrap_or_else(|| bad(e.to_string()));
+        self.err = Some(f(err));
+        e
+    }
+
+    fn charge<E: de::Error>(&mut self, bytes: u64) -> Result<(), E> {
+        match self.left.checked_sub(bytes) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => {
+                let max = self.max_alloc;
+                Err(self.fail(Error::new(
+                    ErrorKind::LimitExceeded,
+                    format!(
+                        "the description needs more than {max} bytes of memory (Limits::max_alloc)"
+                    ),
+                )))
+            }
+        }
+    }
+
+    fn string<E: de::Error>(&mut self, s: &str) -> Result<String, E> {
+        self.charge(s.len() as u64)?;
+        Ok(s.to_owned())
+    }
+
+    /// Pushes onto `v`, charging for the capacity before it grows.
+    fn push<T, E: de::Error>(&mut self, v: &mut Vec<T>, x: T) -> Result<(), E> {
+        if v.len() == v.capacity() {
+            let add = v.capacity().max(4);
+            self.charge((add as u64).saturating_mul(size_of::<T>() as u64))?;
+            v.reserve_exact(add);
+        }
+        v.push(x);
+        Ok(())
+    }
+
+    fn too_deep<E: de::Error>(&mut self) -> E {
+        let max = self.max_depth;
+        self.fail(Error::new(
+            ErrorKind::LimitExceeded,
+            format!("descriptions nest more than {max} levels deep (Limits::max_depth)"),
+        ))
+    }
+}
+
+/// The keys any description object may have; the rest are skipped unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    PageSize,
+    Devices,
+    Name,
+    InstanceId,
+    VmsdName,
+    Version,
+    Fields,
+    Subsections,
+    Size,
+    Type,
+    ArrayLen,
+    Struct,
+    Other,
+}
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = Key;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
+        Ok(match s {
+            "page_size" => Key::PageSize,
+            "devices" => Key::Devices,
+            "name" => Key::Name,
+            "instance_id" => Key::InstanceId,
+            "vmsd_name" => Key::VmsdName,
+            "version" => Key::Version,
+            "fields" => Key::Fields,
+            "subsections" => Key::Subsections,
+            "size" => Key::Size,
+            "type" => Key::Type,
+            "array_len" => Key::ArrayLen,
+            "struct" => Key::Struct,
+            _ => Key::Other,
+        })
+    }
+}
+
+/// A string, charged.
+struct StrSeed<'p>(&'p mut Parse);
+
+impl<'de> DeserializeSeed<'de> for StrSeed<'_> {
+    type Value = String;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for StrSeed<'_> {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
+        self.0.string(s)
+    }
+}
+
+/// The top-level object.
+struct RootSeed<'p>(&'p mut Parse);
+
+impl<'de> DeserializeSeed<'de> for RootSeed<'_> {
+    type Value = Vmdesc;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vmdesc, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RootSeed<'_> {
+    type Value = Vmdesc;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the vmdesc object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vmdesc, A::Error> {
+        let p = self.0;
+        let (mut page_size, mut devices) = (None, None);
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match key {
+                Key::PageSize => page_size = Some(map.next_value::<u64>()?),
+                Key::Devices => {
+                    let d = map
+                        .next_value_seed(DevicesSeed(&mut *p))
+                        .map_err(|e| p.wrap(e, |e| e))?;
+                    devices = Some(d);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let Some(page_size) = page_size else {
+            return Err(p.fail(bad("no unsigned integer \"page_size\"")));
+        };
+        if !page_size.is_power_of_two() || !(512..=1 << 30).contains(&page_size) {
+            return Err(p.fail(bad(format!(
+                "page_size {page_size} is not a power of two in 512..=1 GiB"
+            ))));
+        }
+        let Some(devices) = devices else {
+            return Err(p.fail(bad("no \"devices\" array")));
+        };
+        Ok(Vmdesc { page_size, devices })
+    }
+}
+
+/// The `devices` array.
+struct DevicesSeed<'p>(&'p mut Parse);
+
+impl<'de> DeserializeSeed<'de> for DevicesSeed<'_> {
+    type Value = Vec<DeviceDesc>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DevicesSeed<'_> {
+    type Value = Vec<DeviceDesc>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the devices array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let p = self.0;
+        let mut out = Vec::new();
+        for i in 0.. {
+            let depth = p.max_depth;
+            let seed = EntrySeed {
+                p: &mut *p,
+                role: Role::Device,
+                depth,
+            };
+            let entry = seq
+                .next_element_seed(seed)
+                .map_err(|e| p.wrap(e, |e| reword(e, &format!("device entry {i}: "))))?;
+            match entry {
+                Some(Entry::Device(d)) => p.push(&mut out, d)?,
+                Some(_) => return Err(p.fail(bad("a device entry is not a device"))),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What kind of object an [`EntrySeed`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// An element of `devices`.
+    Device,
+    /// An element of a `fields` array.
+    Field,
+    /// A `struct` value or a subsection: a vmsd-object.
+    Obj,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Device(DeviceDesc),
+    Field(Field),
+    /// A vmsd-object; `None` for a `struct` value without fields (not used).
+    Obj(Option<Obj>),
+}
+
+/// One JSON object of the description, read in any key order. `depth` is how
+/// many levels of vmsd-objects may still nest: for a device or a vmsd-object,
+/// counting itself; for a field, counting the object it belongs to.
+struct EntrySeed<'p> {
+    p: &'p mut Parse,
+    role: Role,
+    depth: u32,
+}
+
+impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = Entry;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Entry, D::Error> {
+        if self.role == Role::Obj {
+            // A `struct` key of another shape is not a description: skipped.
+            d.deserialize_any(self)
+        } else {
+            d.deserialize_map(self)
+        }
+    }
+}
+
+/// The keys of one object seen so far.
+#[derive(Default)]
+struct Parts {
+    name: Option<String>,
+    instance_id: Option<u64>,
+    vmsd_name: Option<String>,
+    version: Option<u64>,
+    fields: Option<Vec<Field>>,
+    subsections: Option<Vec<Obj>>,
+    size: Option<u64>,
+    ty: Option<String>,
+    count: Option<u64>,
+    structure: Option<Option<Obj>>,
+}
+
+/// How a field's nested keys are to be read, given its type (if seen yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nested {
+    /// The type is not known yet: read both kinds.
+    Unknown,
+    /// `struct`: only the `struct` key.
+    Struct,
+    /// Any other type: only the inline vmsd-object keys (`tmp`, `vstruct`).
+    Inline,
+    /// A container whose contents repeat keys per element: nothing.
+    Opaque,
+}
+
+fn nested_kind(ty: Option<&str>) -> Nested {
+    match ty {
+        None => Nested::Unknown,
+        Some(t) if OPAQUE_CONTAINERS.contains(&t) => Nested::Opaque,
+        Some("struct") => Nested::Struct,
+        Some(_) => Nested::Inline,
+    }
+}
+
+impl<'de> Visitor<'de> for EntrySeed<'_> {
+    type Value = Entry;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a description object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
+        let EntrySeed { p, role, depth } = self;
+        // Levels the vmsd-object keys of this entry are read at.
+        let (obj_depth, inner_depth) = match role {
+            Role::Device | Role::Obj => (depth, depth.saturating_sub(1)),
+            Role::Field => (depth.saturating_sub(1), depth.saturating_sub(2)),
+        };
+        let mut x = Parts::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let nested = nested_kind(x.ty.as_deref());
+            let inline_keys = match role {
+                Role::Field => matches!(nested, Nested::Unknown | Nested::Inline),
+                Role::Device | Role::Obj => true,
+            };
+            match key {
+                Key::Name if role != Role::Obj => {
+                    x.name = Some(map.next_value_seed(StrSeed(&mut *p))?);
+                }
+                Key::Type if role == Role::Field => {
+                    x.ty = Some(map.next_value_seed(StrSeed(&mut *p))?);
+                }
+                Key::InstanceId if role == Role::Device => {
+                    x.instance_id = Some(map.next_value::<u64>()?);
+                }
+                Key::Size if role != Role::Obj => x.size = Some(map.next_value::<u64>()?),
+                Key::ArrayLen if role == Role::Field => {
+                    x.count =
+                        Some(map.next_value::<u64>().map_err(|e| {
+                            p.wrap(e, |_| bad("array_len is not an unsigned integer"))
+                        })?);
+                }
+                Key::VmsdName if inline_keys => {
+                    x.vmsd_name = Some(map.next_value_seed(StrSeed(&mut *p))?);
+                }
+                Key::Version if inline_keys => x.version = Some(map.next_value::<u64>()?),
+                Key::Fields if inline_keys => {
+                    if obj_depth == 0 {
+                        return Err(p.too_deep());
+                    }
+                    let seed = FieldsSeed {
+                        p: &mut *p,
+                        depth: obj_depth,
+                    };
+                    let f = map
+                        .next_value_seed(seed)
+                        .map_err(|e| p.wrap(e, |e| in_entry(e, role, &x.name)))?;
+                    x.fields = Some(f);
+                }
+                Key::Subsections if inline_keys => {
+                    if inner_depth == 0 {
+                        return Err(p.too_deep());
+                    }
+                    let seed = SubsectionsSeed {
+                        p: &mut *p,
+                        depth: inner_depth,
+                    };
+                    let s = map
+                        .next_value_seed(seed)
+                        .map_err(|e| p.wrap(e, |e| in_entry(e, role, &x.name)))?;
+                    x.subsections = Some(s);
+                }
+                Key::Struct
+                    if role == Role::Field
+                        && matches!(nested, Nested::Unknown | Nested::Struct) =>
+                {
+                    if obj_depth == 0 {
+                        return Err(p.too_deep());
+                    }
+                    let seed = EntrySeed {
+                        p: &mut *p,
+                        role: Role::Obj,
+                        depth: obj_depth,
+                    };
+                    let s = map
+                        .next_value_seed(seed)
+                        .map_err(|e| p.wrap(e, |e| in_entry(e, role, &x.name)))?;
+                    x.structure = Some(match s {
+                        Entry::Obj(o) => o,
+                        _ => None,
+                    });
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        match role {
+            Role::Device => {
+                let name = x
+                    .name
+                    .take()
+                    .ok_or_else(|| p.fail(bad("no string \"name\"")))?;
+                let instance_id = x
+                    .instance_id
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| {
+                        p.fail(bad(format!("{name:?} has no instance_id of 32 bits")))
+                    })?;
+                let (vmsd, size) = if x.vmsd_name.is_some() {
+                    (Some(finish_obj(p, &mut x)?), 0)
+                } else {
+                    let size = x.size.ok_or_else(|| {
+                        p.fail(bad(format!(
+                            "legacy device {name:?} has no unsigned integer \"size\""
+                        )))
+                    })?;
+                    (None, size)
+                };
+                Ok(Entry::Device(DeviceDesc {
+                    name,
+                    instance_id,
+                    vmsd,
+                    size,
+                }))
+            }
+            Role::Obj if x.fields.is_none() => Ok(Entry::Obj(None)),
+            Role::Obj => Ok(Entry::Obj(Some(finish_obj(p, &mut x)?))),
+            Role::Field => {
+                let name = x
+                    .name
+                    .take()
+                    .ok_or_else(|| p.fail(bad("a field has no string \"name\"")))?;
+                let ty =
+                    x.ty.take()
+                        .ok_or_else(|| p.fail(bad("no string \"type\"").in_field(&name)))?;
+                let size = x
+                    .size
+                    .ok_or_else(|| p.fail(bad("no unsigned integer \"size\"").in_field(&name)))?;
+                let nested = match nested_kind(Some(&ty)) {
+                    Nested::Struct => x.structure.take().flatten(),
+                    Nested::Inline if x.fields.is_some() && x.vmsd_name.is_some() => {
+                        Some(finish_obj(p, &mut x).map_err(|e| p.wrap(e, |e| e.in_field(&name)))?)
+                    }
+                    _ => None,
+                };
+                Ok(Entry::Field(Field {
+                    name,
+                    count: x.count.unwrap_or(1),
+                    ty,
+                    nested,
+                    size,
+                    slot: 0,
+                }))
+            }
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Entry, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Entry::Obj(None))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Entry, E> {
+        Ok(Entry::Obj(None))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Entry, E> {
+        Ok(Entry::Obj(None))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Entry, E> {
+        Ok(Entry::Obj(None))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Entry, E> {
+        Ok(Entry::Obj(None))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Entry, E> {
+        Ok(Entry::Obj(None))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Entry, E> {
+        Ok(Entry::Obj(None))
+    }
+}
+
+/// Names the field an error inside it came from (devices are named by the
+/// entry number instead).
+fn in_entry(e: Error, role: Role, name: &Option<String>) -> Error {
+    match (role, name) {
+        (Role::Field, Some(n)) => e.in_field(n),
+        (Role::Field, None) => e.in_field("?"),
+        _ => e,
+    }
+}
+
+/// `e` with `prefix` before its message (parse errors carry no location but
+/// a field path).
+fn reword(e: Error, prefix: &str) -> Error {
+    let mut out = Error::new(e.kind(), format!("{prefix}{}", e.message()));
+    if let Some(f) = &e.location().field {
+        out = out.in_field(f);
+    }
+    out
+}
+
+/// Builds the vmsd-object from the keys read: its name, version and fields
+/// must be there. Numbers the distinct field names and finds name clashes.
+fn finish_obj<E: de::Error>(p: &mut Parse, x: &mut Parts) -> Result<Obj, E> {
+    let vmsd_name = x
+        .vmsd_name
+        .take()
+        .ok_or_else(|| p.fail(bad("no string \"vmsd_name\"")))?;
+    let version = x
+        .version
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| p.fail(bad(format!("{vmsd_name:?} has no version of 32 bits"))))?;
+    let mut fields = x
+        .fields
+        .take()
+        .ok_or_else(|| p.fail(bad(format!("{vmsd_name:?} has no \"fields\" array"))))?;
+    let subsections = x.subsections.take().unwrap_or_default();
+    // The name index lives only while this runs; it is charged, then given back.
+    let names = fields.len() + subsections.len();
+    let index_cost = (names as u64).saturating_mul(3 * size_of::<(&str, usize)>() as u64);
+    p.charge(index_cost)?;
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(names);
+    for (i, f) in fields.iter_mut().enumerate() {
+        let next = slots.len();
+        let slot = *index.entry(f.name.as_str()).or_insert(next);
+        if slot == next {
+            p.push(&mut slots, Slot { field: i, total: 0 })?;
+        }
+        let s = &mut slots[slot];
+        s.total = s.total.checked_add(f.count).ok_or_else(|| {
+            p.fail(bad(format!(
+                "the elements of field {:?} of {vmsd_name:?} number more than 2^64",
+                f.name
+            )))
+        })?;
+        f.slot = slot;
+    }
+    let mut clash = None;
+    for (i, s) in subsections.iter().enumerate() {
+        if s.vmsd_name.len() > MAX_SUBSECTION_NAME {
+            return Err(p.fail(bad(format!(
+                "subsection name of {} bytes in {vmsd_name:?} (at most 255)",
+                s.vmsd_name.len()
+            ))));
+        }
+        if index.insert(s.vmsd_name.as_str(), usize::MAX).is_some() && clash.is_none() {
+            clash = Some(i);
+        }
+    }
+    drop(index);
+    p.left = p.left.saturating_add(index_cost);
+    Ok(Obj {
+        vmsd_name,
+        version,
+        fields,
+        subsections,
+        slots,
+        clash,
+    })
+}
+
+/// A `fields` array; `depth` is the level of the object it belongs to.
+struct FieldsSeed<'p> {
+    p: &'p mut Parse,
+    depth: u32,
+}
+
+impl<'de> DeserializeSeed<'de> for FieldsSeed<'_> {
+    type Value = Vec<Field>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldsSeed<'_> {
+    type Value = Vec<Field>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a fields array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let FieldsSeed { p, depth } = self;
+        let mut out: Vec<Field> = Vec::new();
+        loop {
+            let seed = EntrySeed {
+                p: &mut *p,
+                role: Role::Field,
+                depth,
+            };
+            let at = out.len();
+            match seq.next_element_seed(seed) {
+                Ok(Some(Entry::Field(f))) => p.push(&mut out, f)?,
+                Ok(Some(_)) => return Err(p.fail(bad("a field is not a field"))),
+                Ok(None) => break,
+                Err(e) => {
+                    // Name the field by the one before it when its own name is unknown.
+                    return Err(p.wrap(e, |e| match e.location().field {
+                        Some(_) => e,
+                        None => e.in_field(&format!("fields[{at}]")),
+                    }));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A `subsections` array; `depth` is the level of the subsections themselves.
+struct SubsectionsSeed<'p> {
+    p: &'p mut Parse,
+    depth: u32,
+}
+
+impl<'de> DeserializeSeed<'de> for SubsectionsSeed<'_> {
+    type Value = Vec<Obj>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SubsectionsSeed<'_> {
+    type Value = Vec<Obj>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a subsections array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let SubsectionsSeed { p, depth } = self;
+        let mut out: Vec<Obj> = Vec::new();
+        loop {
+            let seed = SubsectionSeed { p: &mut *p, depth };
+            let at = out.len();
+            match seq.next_element_seed(seed) {
+                Ok(Some(o)) => p.push(&mut out, o)?,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(p.wrap(e, |e| e.in_field(&format!("subsections[{at}]"))));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One subsection: a vmsd-object that must be complete.
+struct SubsectionSeed<'p> {
+    p: &'p mut Parse,
+    depth: u32,
+}
+
+impl<'de> DeserializeSeed<'de> for SubsectionSeed<'_> {
+    type Value = Obj;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Obj, D::Error> {
+        let SubsectionSeed { p, depth } = self;
+        let seed = EntrySeed {
+            p: &mut *p,
+            role: Role::Obj,
+            depth,
+        };
+        match seed.deserialize(d)? {
+            Entry::Obj(Some(o)) => Ok(o),
+            _ => Err(p.fail(bad("a subsection is not an object with a \"fields\" array"))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Decoding and encoding section bodies.
+
+/// Reads bytes described by a vmdesc, with the position for messages, and
+/// charges the values it builds.
 struct Walker<'a> {
     data: &'a [u8],
     pos: usize,
     depth: u32,
+    left: u64,
+    max_alloc: u64,
 }
 
 impl<'a> Walker<'a> {
-    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
-        let n = usize::try_from(n).unwrap_or(usize::MAX);
-        let avail = self.data.len() - self.pos;
-        if n > avail {
-            return Err(bad(format!(
-                "{what} needs {n} bytes, {avail} left in the section"
-            ))
-            .at_offset(self.pos as u64));
+    fn new(data: &'a [u8], limits: &Limits) -> Walker<'a> {
+        Walker {
+            data,
+            pos: 0,
+            depth: limits.max_depth,
+            left: limits.max_alloc,
+            max_alloc: limits.max_alloc,
         }
+    }
+
+    fn charge(&mut self, bytes: u64) -> Result<()> {
+        match self.left.checked_sub(bytes) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "the device state needs more than {} bytes of memory (Limits::max_alloc)",
+                    self.max_alloc
+                ),
+            )
+            .at_offset(self.pos as u64)),
+        }
+    }
+
+    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+        let avail = self.data.len() - self.pos;
+        let n = match usize::try_from(n) {
+            Ok(n) if n <= avail => n,
+            _ => {
+                return Err(bad(format!(
+                    "{what} needs {n} bytes, {avail} left in the section"
+                ))
+                .at_offset(self.pos as u64))
+            }
+        };
         let s = &self.data[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
@@ -257,31 +900,60 @@ impl<'a> Walker<'a> {
 
     fn obj(&mut self, obj: &Obj) -> Result<Value> {
         if self.depth == 0 {
-            return Err(Error::new(
-                ErrorKind::LimitExceeded,
-                "device state nests too deeply",
-            ));
+            return Err(
+                Error::new(ErrorKind::LimitExceeded, "device state nests too deeply")
+                    .at_offset(self.pos as u64),
+            );
         }
         self.depth -= 1;
-        let counts = obj.name_counts();
-        let mut out: Vec<(String, Value)> =
-            Vec::with_capacity(counts.len() + obj.subsections.len());
+        let entries = obj.slots.len() + obj.subsections.len();
+        self.charge((entries as u64).saturating_mul(ENTRY_SIZE))?;
+        let mut out: Vec<(String, Value)> = Vec::with_capacity(entries);
+        for s in &obj.slots {
+            let name = &obj.fields[s.field].name;
+            self.charge(name.len() as u64)?;
+            let empty = if s.many() {
+                Value::Seq(Vec::new())
+            } else {
+                Value::Unit
+            };
+            out.push((name.clone(), empty));
+        }
         for f in &obj.fields {
-            let many = counts.iter().any(|&(n, c)| n == f.name && c > 1);
-            for _ in 0..f.count {
+            let many = obj.slots[f.slot].many();
+            let path = |e: Error, k: usize| {
+                if many {
+                    e.in_index(k).in_field(&f.name)
+                } else {
+                    e.in_field(&f.name)
+                }
+            };
+            let first = match &out[f.slot].1 {
+                Value::Seq(items) => items.len(),
+                _ => 0,
+            };
+            // Before the loop: every element takes `size` bytes of what is left.
+            let left = (self.data.len() - self.pos) as u64;
+            if f.count > 1 && f.size == 0 {
+                return Err(bad(format!(
+                    "{} elements of 0 bytes each (a repeated field must take bytes)",
+                    f.count
+                ))
+                .at_offset(self.pos as u64)
+                .in_field(&f.name));
+            }
+            if f.size.checked_mul(f.count).is_none_or(|n| n > left) {
+                return Err(bad(format!(
+                    "{} elements of {} bytes each do not fit the {left} bytes left in the section",
+                    f.count, f.size
+                ))
+                .at_offset(self.pos as u64)
+                .in_field(&f.name));
+            }
+            for i in 0..f.count {
+                let k = first.saturating_add(usize::try_from(i).unwrap_or(usize::MAX));
                 let start = self.pos;
-                let k = match out.iter().find(|(n, _)| *n == f.name) {
-                    Some((_, Value::Seq(items))) => items.len(),
-                    _ => 0,
-                };
-                let path = |e: Error| {
-                    if many {
-                        e.in_index(k).in_field(&f.name)
-                    } else {
-                        e.in_field(&f.name)
-                    }
-                };
-                let v = self.element(f).map_err(path)?;
+                let v = self.element(f).map_err(|e| path(e, k))?;
                 if (self.pos - start) as u64 != f.size {
                     return Err(path(
                         bad(format!(
@@ -290,16 +962,23 @@ impl<'a> Walker<'a> {
                             self.pos - start
                         ))
                         .at_offset(start as u64),
+                        k,
                     ));
                 }
-                match out.iter_mut().find(|(n, _)| *n == f.name) {
-                    Some((_, Value::Seq(items))) if many => items.push(v),
-                    _ if many => out.push((f.name.clone(), Value::Seq(vec![v]))),
-                    _ => out.push((f.name.clone(), v)),
+                match &mut out[f.slot].1 {
+                    Value::Seq(items) if many => {
+                        if items.len() == items.capacity() {
+                            let add = items.capacity().max(4);
+                            self.charge((add as u64).saturating_mul(VALUE_SIZE))?;
+                            items.reserve_exact(add);
+                        }
+                        items.push(v);
+                    }
+                    slot => *slot = v,
                 }
             }
         }
-        for s in &obj.subsections {
+        for (i, s) in obj.subsections.iter().enumerate() {
             let at = self.pos as u64;
             let hdr = self.take(6 + s.vmsd_name.len() as u64, "subsection header")?;
             let name = hdr.get(2..2 + s.vmsd_name.len()).unwrap_or_default();
@@ -317,14 +996,15 @@ impl<'a> Walker<'a> {
                 ))
                 .at_offset(at));
             }
-            if out.iter().any(|(n, _)| *n == s.vmsd_name) {
+            if obj.clash == Some(i) {
                 return Err(bad(format!(
-                    "subsection {:?} has the name of a field",
+                    "subsection {:?} has the name of a field or of another subsection",
                     s.vmsd_name
                 ))
                 .at_offset(at));
             }
             let v = self.obj(s).map_err(|e| e.in_field(&s.vmsd_name))?;
+            self.charge(s.vmsd_name.len() as u64)?;
             out.push((s.vmsd_name.clone(), v));
         }
         self.depth += 1;
@@ -336,6 +1016,7 @@ impl<'a> Walker<'a> {
             return self.obj(n);
         }
         let b = self.take(f.size, "field")?;
+        self.charge(b.len() as u64)?;
         Ok(leaf(&f.ty, b))
     }
 }
@@ -364,14 +1045,11 @@ fn leaf(ty: &str, b: &[u8]) -> Value {
     }
 }
 
-/// Decodes a device section body with its description. `body` must be the
+/// Decodes a device section body with its description, within `limits`
+/// (`max_depth` levels, values charged to `max_alloc`). `body` must be the
 /// whole body; the description must account for every byte.
-pub fn decode(obj: &Obj, body: &[u8], max_depth: u32) -> Result<Value> {
-    let mut w = Walker {
-        data: body,
-        pos: 0,
-        depth: max_depth,
-    };
+pub fn decode(obj: &Obj, body: &[u8], limits: &Limits) -> Result<Value> {
+    let mut w = Walker::new(body, limits);
     let v = w.obj(obj)?;
     if w.pos != body.len() {
         return Err(bad(format!(
@@ -384,19 +1062,53 @@ pub fn decode(obj: &Obj, body: &[u8], max_depth: u32) -> Result<Value> {
     Ok(v)
 }
 
-/// Decodes a device section from the front of `data`, returning the value and
-/// the body length.
-pub fn decode_prefix(obj: &Obj, data: &[u8], max_depth: u32) -> Result<(Value, usize)> {
-    let mut w = Walker {
-        data,
-        pos: 0,
-        depth: max_depth,
-    };
-    let v = w.obj(obj)?;
+/// Decodes a device section from the front of `data` within `limits`,
+/// returning the value and the body length. `base` is the stream offset of
+/// `data`, for errors.
+pub fn decode_prefix(obj: &Obj, data: &[u8], base: u64, limits: &Limits) -> Result<(Value, usize)> {
+    let mut w = Walker::new(data, limits);
+    let v = w.obj(obj).map_err(|e| match e.location().offset {
+        Some(off) => {
+            let mut moved = Error::new(e.kind(), e.message()).at_offset(base.saturating_add(off));
+            if let Some(f) = &e.location().field {
+                moved = moved.in_field(f);
+            }
+            moved
+        }
+        None => e.at_offset(base),
+    })?;
     Ok((v, w.pos))
 }
 
-/// Encodes `value` as the body `obj` describes.
+/// A struct value's fields by name (the first of each), looked up at the
+/// position decoding puts them first; the index is built only when a field
+/// is not there.
+struct Lookup<'v> {
+    fields: &'v [(String, Value)],
+    by_name: Option<HashMap<&'v str, &'v Value>>,
+}
+
+impl<'v> Lookup<'v> {
+    fn get(&mut self, name: &str, pos: usize) -> Option<&'v Value> {
+        let fields = self.fields;
+        match fields.get(pos) {
+            Some((n, v)) if n == name => Some(v),
+            _ => {
+                let map = self.by_name.get_or_insert_with(|| {
+                    let mut m = HashMap::with_capacity(fields.len());
+                    for (n, v) in fields {
+                        m.entry(n.as_str()).or_insert(v);
+                    }
+                    m
+                });
+                map.get(name).copied()
+            }
+        }
+    }
+}
+
+/// Encodes `value` as the body `obj` describes. Each sequence must hold
+/// exactly the elements the description counts.
 pub fn encode(obj: &Obj, value: &Value, out: &mut Vec<u8>) -> Result<()> {
     let Value::Struct(fields) = value else {
         return Err(Error::new(
@@ -408,31 +1120,46 @@ pub fn encode(obj: &Obj, value: &Value, out: &mut Vec<u8>) -> Result<()> {
             ),
         ));
     };
-    let counts = obj.name_counts();
-    let mut used: Vec<u64> = vec![0; counts.len()];
+    if let Some(i) = obj.clash {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!(
+                "the description of {:?} gives subsection {:?} the name of another entry",
+                obj.vmsd_name, obj.subsections[i].vmsd_name
+            ),
+        ));
+    }
+    let mut find = Lookup {
+        fields,
+        by_name: None,
+    };
+    let mut used: Vec<u64> = vec![0; obj.slots.len()];
     for f in &obj.fields {
-        let slot = counts
-            .iter()
-            .position(|&(n, _)| n == f.name)
-            .unwrap_or_default();
-        let many = counts[slot].1 > 1;
-        let v = fields
-            .iter()
-            .find(|(n, _)| *n == f.name)
-            .map(|(_, v)| v)
+        let slot = obj.slots[f.slot];
+        let many = slot.many();
+        if f.count > 1 && f.size == 0 {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("the description repeats a 0-byte field {} times", f.count),
+            )
+            .in_field(&f.name));
+        }
+        let v = find
+            .get(&f.name, f.slot)
             .ok_or_else(|| Error::new(ErrorKind::Usage, "missing field").in_field(&f.name))?;
         for _ in 0..f.count {
-            let k = used[slot];
-            used[slot] += 1;
+            let k = used[f.slot];
+            used[f.slot] += 1;
+            let k = usize::try_from(k).unwrap_or(usize::MAX);
             let item = if many {
                 match v {
-                    Value::Seq(items) => items.get(k as usize).ok_or_else(|| {
+                    Value::Seq(items) => items.get(k).ok_or_else(|| {
                         Error::new(
                             ErrorKind::Usage,
                             format!(
                                 "sequence has {} elements, the description {}",
                                 items.len(),
-                                counts[slot].1
+                                slot.total
                             ),
                         )
                         .in_field(&f.name)
@@ -455,7 +1182,7 @@ pub fn encode(obj: &Obj, value: &Value, out: &mut Vec<u8>) -> Result<()> {
             }
             .map_err(|e| {
                 if many {
-                    e.in_index(k as usize).in_field(&f.name)
+                    e.in_index(k).in_field(&f.name)
                 } else {
                     e.in_field(&f.name)
                 }
@@ -473,28 +1200,46 @@ pub fn encode(obj: &Obj, value: &Value, out: &mut Vec<u8>) -> Result<()> {
             }
         }
     }
-    for s in &obj.subsections {
-        let v = fields
-            .iter()
-            .find(|(n, _)| *n == s.vmsd_name)
-            .map(|(_, v)| v)
-            .ok_or_else(|| {
-                Error::new(ErrorKind::Usage, "missing subsection").in_field(&s.vmsd_name)
-            })?;
+    for (i, s) in obj.slots.iter().enumerate() {
+        let name = &obj.fields[s.field].name;
+        if let (true, Some(Value::Seq(items))) = (s.many(), find.get(name, i)) {
+            if items.len() as u64 != s.total {
+                return Err(Error::new(
+                    ErrorKind::Usage,
+                    format!(
+                        "sequence has {} elements, the description {}",
+                        items.len(),
+                        s.total
+                    ),
+                )
+                .in_field(name));
+            }
+        }
+    }
+    for (i, s) in obj.subsections.iter().enumerate() {
+        let v = find.get(&s.vmsd_name, obj.slots.len() + i).ok_or_else(|| {
+            Error::new(ErrorKind::Usage, "missing subsection").in_field(&s.vmsd_name)
+        })?;
+        let len = u8::try_from(s.vmsd_name.len()).map_err(|_| {
+            Error::new(ErrorKind::Usage, "subsection name longer than 255 bytes")
+                .in_field(&s.vmsd_name)
+        })?;
         out.push(0x05);
-        out.push(s.vmsd_name.len() as u8);
+        out.push(len);
         out.extend_from_slice(s.vmsd_name.as_bytes());
         out.extend_from_slice(&s.version.to_be_bytes());
         encode(s, v, out).map_err(|e| e.in_field(&s.vmsd_name))?;
     }
-    let known = counts.len() + obj.subsections.len();
-    if fields.len() != known {
+    if fields.len() != obj.slots.len() + obj.subsections.len() {
+        let described: std::collections::HashSet<&str> = obj
+            .slots
+            .iter()
+            .map(|s| obj.fields[s.field].name.as_str())
+            .chain(obj.subsections.iter().map(|s| s.vmsd_name.as_str()))
+            .collect();
         let extra = fields
             .iter()
-            .find(|(n, _)| {
-                !counts.iter().any(|(c, _)| c == n)
-                    && !obj.subsections.iter().any(|s| s.vmsd_name == *n)
-            })
+            .find(|(n, _)| !described.contains(n.as_str()))
             .map_or("?", |(n, _)| n.as_str());
         return Err(Error::new(
             ErrorKind::Usage,
@@ -534,6 +1279,10 @@ fn encode_leaf(v: &Value, out: &mut Vec<u8>) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn lim() -> Limits {
+        Limits::default().with_max_depth(64)
+    }
+
     const DESC: &str = r#"{"page_size": 4096, "devices": [
         {"name": "slirp", "instance_id": 0, "size": 3, "fields": [{"name": "data", "size": 3, "type": "buffer"}]},
         {"name": "hpet", "instance_id": 0, "vmsd_name": "hpet", "version": 2, "fields": [
@@ -565,7 +1314,7 @@ mod tests {
         let obj = d.devices[1].vmsd.as_ref().unwrap();
         let b = body();
         assert_eq!(obj.body_len(), b.len() as u64);
-        let v = decode(obj, &b, 64).unwrap();
+        let v = decode(obj, &b, &lim()).unwrap();
         assert_eq!(v.field("config"), Some(&Value::U64(0x102)));
         assert_eq!(v.field("flag"), Some(&Value::Bool(true)));
         assert_eq!(v.at_path("timer[1].cmp"), Some(&Value::I32(3)));
@@ -587,13 +1336,21 @@ mod tests {
         let mut b = body();
         let n = b.len();
         b[n - 6] = b'X'; // subsection name
-        let e = decode(obj, &b, 64).unwrap_err();
+        let e = decode(obj, &b, &lim()).unwrap_err();
         assert!(e.to_string().contains("hpet/rtc"), "{e}");
-        let e = decode(obj, &body()[..12], 64).unwrap_err();
-        assert_eq!(e.location().field.as_deref(), Some("timer[0].cmp"), "{e}");
+        // cut inside the array: its elements do not fit what is left
+        let e = decode(obj, &body()[..12], &lim()).unwrap_err();
+        assert_eq!(e.location().field.as_deref(), Some("timer"), "{e}");
+        assert_eq!(e.location().offset, Some(9), "{e}");
+        // a wrong subsection version is named with its offset
+        let mut b = body();
+        let n = b.len();
+        b[n - 2] = 2;
+        let e = decode(obj, &b, &lim()).unwrap_err();
+        assert_eq!(e.location().offset, Some(n as u64 - 15), "{e}");
         let mut long = body();
         long.push(0);
-        assert!(decode(obj, &long, 64).is_err());
+        assert!(decode(obj, &long, &lim()).is_err());
     }
 
     #[test]
