@@ -8,6 +8,7 @@
 pub mod destination;
 pub mod link;
 pub mod proto;
+pub mod qmp;
 pub mod source;
 pub mod stats;
 pub mod synthetic;
