@@ -226,24 +226,19 @@ fn ram_blocks(vm: &Vm) -> Vec<RamBlock> {
         .collect()
 }
 
-/// CRC32C of every region's contents, read in 1 MiB pieces.
+/// CRC32C of every region's contents, by name.
 pub(crate) fn memory_digests(vm: &Vm) -> Result<BTreeMap<String, u32>, Error> {
-    let mut out = BTreeMap::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for r in vm.memory.regions() {
-        let mut crc = vmstream::Crc32c::new();
-        let mut at = 0;
-        while at < r.size {
-            let n = (r.size - at).min(buf.len() as u64) as usize;
-            vm.memory
-                .read(r.id, at, &mut buf[..n])
+    vm.memory
+        .regions()
+        .into_iter()
+        .map(|r| {
+            let crc = vm
+                .memory
+                .crc32c(&r)
                 .map_err(|e| Error::vm(format!("reading region {}: {e}", r.name)))?;
-            crc.update(&buf[..n]);
-            at += n as u64;
-        }
-        out.insert(r.name, crc.finish());
-    }
-    Ok(out)
+            Ok((r.name, crc))
+        })
+        .collect()
 }
 
 /// CRC32C of a device state's canonical JSON.
@@ -595,6 +590,8 @@ fn run(
                 d.union(b);
             }
         }
+        // Memory no longer changes: its digest is taken while the last pages go.
+        let regions = scope.spawn(|| memory_digests(vm));
         send(&mut main, epoch, &dirty)?;
         for j in &jobs {
             j.send(Job::Finish)
@@ -602,7 +599,9 @@ fn run(
         }
         wait_all(jobs.len())?;
         let mut digests = Digests {
-            regions: memory_digests(vm)?,
+            regions: regions
+                .join()
+                .map_err(|_| Error::internal("digest thread panicked"))??,
             devices: BTreeMap::new(),
             rounds: epoch + 1,
         };

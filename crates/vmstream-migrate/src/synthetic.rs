@@ -266,13 +266,7 @@ impl Synthetic {
 
     /// CRC32C of all memory.
     pub fn checksum(&self) -> u32 {
-        let mut c = vmstream::Crc32c::new();
-        for s in &self.mem.stripes {
-            if let Ok(s) = s.read() {
-                c.update(&s);
-            }
-        }
-        c.finish()
+        self.region_crc()
     }
 }
 
@@ -320,6 +314,13 @@ impl GuestMemory for Synthetic {
         Ok(())
     }
 
+    fn crc32c(&self, region: &Region) -> Result<u32, String> {
+        if region.id != 0 {
+            return Err(format!("no region {}", region.id));
+        }
+        Ok(self.region_crc())
+    }
+
     fn write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), String> {
         if region != 0 {
             return Err(format!("no region {region}"));
@@ -337,6 +338,18 @@ impl GuestMemory for Synthetic {
             done += n;
         }
         Ok(())
+    }
+}
+
+impl Synthetic {
+    fn region_crc(&self) -> u32 {
+        let mut c = vmstream::Crc32c::new();
+        for s in &self.mem.stripes {
+            if let Ok(s) = s.read() {
+                c.update(&s);
+            }
+        }
+        c.finish()
     }
 }
 

@@ -134,6 +134,21 @@ pub trait GuestMemory: Send + Sync {
     fn read(&self, region: u32, offset: u64, out: &mut [u8]) -> Result<(), String>;
     /// Writes `data` (whole pages) into region `region` at byte `offset`.
     fn write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), String>;
+    /// CRC32C of a whole region (called with vCPUs paused). The default reads
+    /// it in 1 MiB pieces; an implementation with direct access can skip
+    /// the copy.
+    fn crc32c(&self, region: &Region) -> Result<u32, String> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut crc = vmstream::Crc32c::new();
+        let mut at = 0;
+        while at < region.size {
+            let n = (region.size - at).min(buf.len() as u64) as usize;
+            self.read(region.id, at, &mut buf[..n])?;
+            crc.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(crc.finish())
+    }
 }
 
 /// Dirty-page tracking over guest memory: a KVM dirty bitmap
