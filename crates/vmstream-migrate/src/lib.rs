@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod destination;
 pub mod link;
 pub mod proto;
