@@ -252,5 +252,11 @@ fn main() {
     for (i, n) in [64usize, 256, 1024, 4096].into_iter().enumerate() {
         write(&dir, &format!("noise-{n}.bin"), &noise(n, i as u64 + 1));
     }
+
+    // qemu_vmdesc: an `arbitrary` plan too.
+    let dir = fresh_dir(&seeds, "qemu_vmdesc");
+    for (i, n) in [64usize, 256, 1024, 4096].into_iter().enumerate() {
+        write(&dir, &format!("noise-{n}.bin"), &noise(n, i as u64 + 11));
+    }
     println!("seeds written to fuzz/seeds/");
 }
