@@ -496,10 +496,13 @@ impl<R: Read> QemuReader<R> {
         let mut blocks = Vec::new();
         while left > 0 {
             let bat = self.input.offset();
-            if blocks.len() >= self.limits.max_names as usize {
+            if blocks.len() >= self.limits.max_ram_blocks as usize {
                 return Err(Error::new(
                     ErrorKind::LimitExceeded,
-                    "too many RAM blocks (Limits::max_names)",
+                    format!(
+                        "more than {} RAM blocks (Limits::max_ram_blocks)",
+                        blocks.len()
+                    ),
                 )
                 .at_offset(bat));
             }

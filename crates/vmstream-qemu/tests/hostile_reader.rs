@@ -648,14 +648,25 @@ fn sections_and_packages_are_bounded() {
         q.full(id, &format!("d{id}"), b"", true);
     }
     let s = q.bytes(&[0x00]).0.clone();
-    let mut limits = Limits::default();
-    limits.max_names = 4;
+    let limits = Limits::default().with_max_names(4);
     let at = 8 + 4 * (1 + 4 + 3 + 8 + 5);
     fails(
         &s,
         limits,
         ErrorKind::LimitExceeded,
         "more than 4 sections",
+        at,
+    );
+    // RAM blocks, by their own limit
+    let names: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
+    let blocks: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), 4096)).collect();
+    let s = Qemu::new().ram_start(&blocks).bytes(&[0; 8]).0.clone();
+    let at = 8 + 17 + 8 + 4 * (1 + 2 + 8);
+    fails(
+        &s,
+        Limits::default().with_max_ram_blocks(4),
+        ErrorKind::LimitExceeded,
+        "more than 4 RAM blocks",
         at,
     );
     // a postcopy package that claims to end beyond the one holding it
