@@ -323,7 +323,9 @@ fn run(plan: &Plan) {
         .with_compression(compression)
         .with_zero_pages(plan.zero_pages)
         .with_index(plan.index)
-        .with_batch_pages(batch_pages);
+        .with_batch_pages(batch_pages)
+        // written for the readers below: batches split to fit their record size
+        .with_limits(limits());
     let w = StreamWriter::new(Vec::new(), header.clone(), options);
     if page_size == 3000 || plan.writer.len() > 255 || batch_pages == 0 {
         assert!(w.is_err(), "writer accepted a bad header or options");

@@ -7,7 +7,9 @@
 //!
 //! ## API structure
 //!
-//! - Writing: [`StreamWriter`] over any `Write`, configured by [`WriterOptions`].
+//! - Writing: [`StreamWriter`] over any `Write`, configured by [`WriterOptions`],
+//!   built on the sans-IO [`FrameEncoder`], which hands out each call's records as
+//!   [`Frames`] for callers that do their own I/O (one encoder per stream).
 //! - Reading: [`SliceReader`] (zero-copy over `&[u8]`), [`StreamReader`] (any
 //!   `Read`), and the push [`Decoder`] for sockets. All yield [`Item`]s holding
 //!   a [`Record`]; all share [`StreamState`] and obey [`Limits`].
@@ -55,6 +57,7 @@
 pub mod crc;
 mod cursor;
 mod de;
+mod encode;
 mod error;
 pub mod header;
 pub mod index;
@@ -69,6 +72,7 @@ pub mod write;
 
 pub use crc::{crc32c, Crc32c};
 pub use de::{from_device, from_value};
+pub use encode::{FrameEncoder, Frames};
 pub use error::{Error, ErrorKind, Location, Result};
 pub use header::{Arch, Header, StreamKind};
 pub use limits::Limits;

@@ -87,6 +87,15 @@ impl NameTable {
         self.names.get(start..).unwrap_or_default()
     }
 
+    /// Forgets the names interned after the first `len` that are not
+    /// published yet (writer side: the record that needed them was refused).
+    pub(crate) fn truncate_unpublished(&mut self, len: usize) {
+        let keep = len.max(self.published).min(self.names.len());
+        for name in self.names.drain(keep..) {
+            self.ids.remove(&name);
+        }
+    }
+
     /// Adds a published name (reader side), enforcing the limits.
     pub(crate) fn push_published(&mut self, name: String, limits: &Limits) -> Result<()> {
         if self.names.len() >= limits.max_names as usize {
