@@ -26,6 +26,10 @@ use crate::input::{self, Opts};
 /// Version of the `stream.json` layout written by `decode`.
 const DECODE_LAYOUT: u64 = 1;
 
+/// What a page batch body holds besides its pages' data and entries: the fixed
+/// part and the largest data pad (docs/format.md §6.2).
+const BATCH_OVERHEAD: u64 = 24 + 63;
+
 /// One RAM block's output file and which pages hold data written so far.
 struct BlockFile {
     block: RamBlock,
@@ -514,7 +518,14 @@ pub(crate) fn encode(args: &EncodeArgs, opts: &Opts) -> Result<ExitCode> {
                 .with_context(|| format!("cannot create {}", args.out.display()))?,
         )
     };
-    let options = WriterOptions::default().with_compression(args.compression.to_compression());
+    // Batches as large as the reader's record limit takes, and never fewer than
+    // one page (docs/format.md §6.2): 2 MiB pages go 31 to a batch, 1 GiB pages one.
+    let per_page = u64::from(page_size) + 8;
+    let room = u64::from(opts.limits.max_record_size).saturating_sub(BATCH_OVERHEAD) / per_page;
+    let batch_pages = room.clamp(1, u64::from(WriterOptions::default().batch_pages)) as u32;
+    let options = WriterOptions::default()
+        .with_compression(args.compression.to_compression())
+        .with_batch_pages(batch_pages);
     let mut w = StreamWriter::new(BufWriter::with_capacity(1 << 20, out), header, options)?;
     if let Some(info) = doc.get("info").filter(|i| !i.is_null()) {
         w.write_info(&value(info, "info", max_depth)?)?;
@@ -547,7 +558,8 @@ pub(crate) fn encode(args: &EncodeArgs, opts: &Opts) -> Result<ExitCode> {
         let defs: Vec<RamBlock> = blocks.iter().map(|(b, _)| b.clone()).collect();
         w.write_ram_blocks(&defs)?;
     }
-    let mut buf = vec![0u8; 1 << 20];
+    // whole pages per read: 1 MiB of them, or one page when pages are larger
+    let mut buf = vec![0u8; (page_size as usize).max(1 << 20)];
     for (block, path) in &blocks {
         let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let len = f.metadata()?.len();
