@@ -253,6 +253,15 @@ fn main() {
         write(&dir, &format!("noise-{n}.bin"), &noise(n, i as u64 + 1));
     }
 
+    // seek_reader: files with a format 1.1 index, a 1.0 index, and none.
+    let dir = fresh_dir(&seeds, "seek_reader");
+    write(&dir, "sample.vms", &sample);
+    let old = fs::read(repo.join("testdata/good/sample-1.0.vms")).expect("sample-1.0.vms");
+    write(&dir, "sample-1.0.vms", &old);
+    write(&dir, "sample-lz4.vms", &lz4);
+    let no_index = vmstream_testkit::sample_stream_with(WriterOptions::default().with_index(false));
+    write(&dir, "sample-no-index.vms", &no_index);
+
     // qemu_vmdesc: an `arbitrary` plan too.
     let dir = fresh_dir(&seeds, "qemu_vmdesc");
     for (i, n) in [64usize, 256, 1024, 4096].into_iter().enumerate() {
