@@ -51,6 +51,46 @@ pub(crate) enum Command {
     Diff(DiffArgs),
     /// Convert between QEMU's migration stream and vmstream (lossless both ways).
     Convert(ConvertArgs),
+    /// Run a synthetic VM controlled over QMP, to migrate live with QEMU's commands.
+    Guest(GuestArgs),
+}
+
+/// How a synthetic guest's memory starts out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum GuestFill {
+    /// Pseudo-random bytes.
+    Random,
+    /// Zeros.
+    Zero,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GuestArgs {
+    /// Guest memory: bytes, or with a K, M or G suffix.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub(crate) memory: u64,
+    /// Initial memory contents (an incoming guest starts with zeros).
+    #[arg(long, value_enum, default_value = "random")]
+    pub(crate) fill: GuestFill,
+    /// Pages the workload writes per second while the guest runs.
+    #[arg(long, default_value_t = 0, value_name = "PAGES_PER_S")]
+    pub(crate) dirty_rate: u64,
+    /// Number of devices with state of their own.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub(crate) devices: u32,
+    /// Seed of the random fill.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// The QMP control socket: unix:PATH.
+    #[arg(long, value_name = "unix:PATH")]
+    pub(crate) qmp: String,
+    /// Wait paused for `migrate-incoming` instead of running.
+    #[arg(long)]
+    pub(crate) incoming: bool,
+    /// Stay paused until `cont`: at start, or with `--incoming` after the
+    /// migration completed (QEMU's -S).
+    #[arg(short = 'S', long)]
+    pub(crate) paused: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod args;
 mod convert;
 mod decode;
 mod diff;
+mod guest;
 mod input;
 mod inspect;
 mod progress;
@@ -61,6 +62,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         Command::Extract(a) => decode::extract(&a, opts),
         Command::Diff(a) => diff::diff(&a, opts),
         Command::Convert(a) => convert::convert(&a, opts),
+        Command::Guest(a) => guest::guest(&a),
     }
 }
 
