@@ -52,8 +52,6 @@ pub struct FrameEncoder {
     blocks: HashMap<u32, u64>,
     barrier: Option<u32>,
     pending: PendingBatch,
-    /// The pending batch's data while the frames that send it are out.
-    flushed: Vec<u8>,
     /// Value bodies, and page data gathered for compression.
     scratch: Vec<u8>,
     out: Output,
@@ -71,7 +69,8 @@ pub struct Frames<'a> {
     offset: u64,
     len: usize,
     buf: &'a [u8],
-    flushed: &'a [u8],
+    /// The encoder's pending batch data, where a flushed batch's data is.
+    pending: &'a [u8],
     segs: &'a [Seg],
     pages: &'a [(u64, &'a [u8])],
 }
@@ -97,27 +96,28 @@ impl<'a> Frames<'a> {
     /// page data; the checksum of an uncompressed page batch is computed
     /// here, each page just before `f` gets it (while it is in the cache).
     pub fn try_for_each<E>(&self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
-        let mut crc = Crc32c::new();
+        // The checksum of the uncompressed page batch being handed out.
+        let mut crc: Option<Crc32c> = None;
         for seg in self.segs {
             match *seg {
                 Seg::Own(a, b) => f(self.buf.get(a..b).unwrap_or_default())?,
                 Seg::BatchHead(a, b) => {
                     let head = self.buf.get(a..b).unwrap_or_default();
-                    crc = Crc32c::new();
-                    crc.update(head);
+                    crc.insert(Crc32c::new()).update(head);
                     f(head)?;
                 }
                 Seg::Flushed(a, b) => {
-                    let data = self.flushed.get(a..b).unwrap_or_default();
-                    crc.update(data);
+                    let data = self.pending.get(a..b).unwrap_or_default();
+                    crc.get_or_insert_with(Crc32c::new).update(data);
                     f(data)?;
                 }
                 Seg::Page(i) => {
                     let data = self.pages.get(i).map_or(&[][..], |p| p.1);
-                    crc.update(data);
+                    crc.get_or_insert_with(Crc32c::new).update(data);
                     f(data)?;
                 }
                 Seg::BatchTail(pad) => {
+                    let crc = crc.get_or_insert_with(Crc32c::new);
                     let mut tail = [0u8; 12];
                     let pad = usize::from(pad);
                     crc.update(&tail[..pad]);
@@ -166,7 +166,7 @@ enum Seg {
     /// A range of the output buffer that starts an uncompressed page batch
     /// (record header, entries, data pad): its checksum starts here.
     BatchHead(usize, usize),
-    /// A range of the flushed pending batch's data.
+    /// A range of the pending batch data that was flushed in this call.
     Flushed(usize, usize),
     /// The data of the caller's page number `i` in this call.
     Page(usize),
@@ -188,7 +188,12 @@ struct PendingBatch {
     block: u32,
     epoch: u32,
     entries: Vec<(u64, bool)>,
+    /// The data pages: first those of a batch framed in this call, which the
+    /// frames still borrow, then those of the pending batch. One buffer is
+    /// reused, so batches are gathered in memory that is still in the cache.
     data: Vec<u8>,
+    /// Bytes at the start of `data` that belong to a framed batch.
+    flushed: usize,
 }
 
 /// The output of the current call, the stream position, and the index of
@@ -278,7 +283,6 @@ impl FrameEncoder {
             blocks: HashMap::new(),
             barrier: None,
             pending: PendingBatch::default(),
-            flushed: Vec::new(),
             scratch: Vec::new(),
             info_written: false,
             device_written: false,
@@ -630,6 +634,9 @@ impl FrameEncoder {
         match &self.state {
             State::Open => {
                 self.out.clear();
+                // The frames of the last call are gone: drop the data they sent.
+                let p = &mut self.pending;
+                p.data.drain(..std::mem::take(&mut p.flushed));
                 Ok(())
             }
             State::Finished => Err(Error::usage("stream already finished")),
@@ -667,7 +674,7 @@ impl FrameEncoder {
             offset: self.out.start,
             len: (self.out.offset - self.out.start) as usize,
             buf: &self.out.buf,
-            flushed: &self.flushed,
+            pending: &self.pending.data,
             segs: &self.out.segs,
             pages,
         }
@@ -791,24 +798,24 @@ impl FrameEncoder {
         Ok(())
     }
 
-    /// Frames the pending batch; its data moves to `flushed`, where the
-    /// frames find it, and the pending batch starts empty.
+    /// Frames the pending batch. Its data stays where it is, for the frames,
+    /// until the next call; the pending batch starts empty.
     fn flush_pending(&mut self) -> Result<()> {
         if self.pending.entries.is_empty() {
             return Ok(());
         }
-        std::mem::swap(&mut self.flushed, &mut self.pending.data);
-        self.pending.data.clear();
         let entries = std::mem::take(&mut self.pending.entries);
-        let flushed = std::mem::take(&mut self.flushed);
-        let data = (!flushed.is_empty()).then_some((Seg::Flushed(0, flushed.len()), &flushed[..]));
+        let data = std::mem::take(&mut self.pending.data);
+        let (a, b) = (self.pending.flushed, data.len());
+        let part = (a < b).then(|| (Seg::Flushed(a, b), &data[a..b]));
         let r = self.emit_batch(
             self.pending.block,
             self.pending.epoch,
             &entries,
-            data.into_iter(),
+            part.into_iter(),
         );
-        self.flushed = flushed;
+        self.pending.data = data;
+        self.pending.flushed = b;
         // keep the allocation for the next batch
         self.pending.entries = entries;
         self.pending.entries.clear();
