@@ -775,9 +775,20 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// `prefix.name`; a name that is empty or not a plain QMP name is
+    /// quoted, so the path still says which field (`addr."a.b"`, `""`).
     fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
+        let plain = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let name = if plain {
             name.to_string()
+        } else {
+            format!("{name:?}")
+        };
+        if self.prefix.is_empty() {
+            name
         } else {
             format!("{}.{name}", self.prefix)
         }

@@ -164,7 +164,7 @@ impl TlsServer {
                         e,
                     )
                 })?;
-        let config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(tls_setup)?
             .with_client_cert_verifier(verifier)
@@ -176,6 +176,10 @@ impl TlsServer {
                     e,
                 )
             })?;
+        // No session tickets: nothing resumes a migration's session, and a
+        // ticket the source never reads would make its close a reset, which
+        // can cut off the end of what it sent.
+        config.send_tls13_tickets = 0;
         Ok(TlsServer {
             config: Arc::new(config),
         })
@@ -215,7 +219,7 @@ impl TlsClient {
                 "TLS client: the credentials are for a server (load them with Endpoint::Client)",
             ));
         }
-        let config = ClientConfig::builder_with_provider(provider())
+        let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(tls_setup)?
             .with_root_certificates(creds.roots()?)
@@ -227,6 +231,7 @@ impl TlsClient {
                     e,
                 )
             })?;
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(TlsClient {
             config: Arc::new(config),
             hostname: None,

@@ -122,6 +122,12 @@ fn json_shapes_rejected_naming_the_field() {
             Address,
             "uri: unknown field",
         ),
+        (json!({"": "4"}), Address, "\"\": unknown field"),
+        (
+            json!({"channel-type": "main", "addr": {"transport": "file", "file.name": "/x", "offset": 0}}),
+            Address,
+            "addr.\"file.name\": unknown field",
+        ),
         (
             json!({"channel-type": "main", "addr": "tcp:h:1"}),
             Address,

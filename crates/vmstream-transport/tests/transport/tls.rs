@@ -111,6 +111,39 @@ fn mutual_tls_over_tcp_and_unix() {
 }
 
 #[test]
+fn a_source_that_only_writes_ends_cleanly() {
+    // The source writes and finishes without reading anything: if the server
+    // had sent it anything after the handshake (TLS 1.3 session tickets),
+    // closing with those bytes unread would reset the connection and could
+    // cut off the end of the stream.
+    let listener = Listener::bind(&MigrationAddress::tcp("127.0.0.1", 0)).unwrap();
+    let target = listener.local_address().clone();
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let source = thread::spawn(move || {
+        let mut set =
+            connect_set(&target, 1, MigrationId::random().unwrap(), Some(&client())).unwrap();
+        set.data[0].write_all(&sent).unwrap();
+        set.data[0].flush().unwrap();
+        set.main.finish().unwrap();
+        for c in set.data {
+            c.finish().unwrap();
+        }
+    });
+    let mut set = accept_set(&listener, Some(&server()), TIMEOUT).unwrap();
+    // Read late, so that the source closes while much of the stream is
+    // still in this side's buffers: a reset would discard it.
+    thread::sleep(Duration::from_millis(200));
+    let mut got = Vec::new();
+    set.data[0].read_to_end(&mut got).unwrap();
+    assert!(got == data, "{} of {} bytes", got.len(), data.len());
+    let mut rest = Vec::new();
+    set.main.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    source.join().unwrap();
+}
+
+#[test]
 fn server_name_mismatch_is_refused() {
     let listener = Listener::bind(&MigrationAddress::tcp("127.0.0.1", 0)).unwrap();
     let target = listener.local_address().clone();
