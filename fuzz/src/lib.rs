@@ -27,13 +27,11 @@ pub fn limits() -> Limits {
         .with_max_alloc(MAX_ALLOC)
 }
 
-/// [`limits`] with so few names allowed (256, which also bounds RAM blocks)
-/// that a mutated stream can reach that limit too. Not for streams a writer
-/// built from a plan, which may use more names.
+/// [`limits`] with so few names and RAM blocks allowed (256 each) that a
+/// mutated stream can reach those limits too. Not for streams a writer built
+/// from a plan, which may use more names.
 pub fn reader_limits() -> Limits {
-    let mut l = limits();
-    l.max_names = 256;
-    l
+    limits().with_max_names(256).with_max_ram_blocks(256)
 }
 
 /// The name table of the `value_decode` target: distinct names (so that

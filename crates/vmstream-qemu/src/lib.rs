@@ -148,7 +148,7 @@ pub fn vmstream_to_vmstream<R: Read, W: Write>(
 ) -> Result<W> {
     let source = VmstreamSource::new(input, opts.limits)?;
     let ps = source.page_size();
-    let mut sink = VmstreamSink::new(out, opts.writer);
+    let mut sink = VmstreamSink::new(out, opts.writer).with_page_size(ps as u32);
     if opts.compact {
         let mut c = Compactor::new(&mut sink, ps, opts.limits.max_alloc);
         source.run(&mut c)?;

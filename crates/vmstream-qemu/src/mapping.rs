@@ -8,6 +8,7 @@
 use std::io::{Read, Write};
 
 use vmstream::header::FEATURE_QEMU_FRAMING;
+use vmstream::record::END_FRAMED_LEN;
 use vmstream::{
     Arch, Error, ErrorKind, Header, Limits, RamBlock, Record, RecordKind, Result, StreamKind,
     StreamReader, StreamWriter, Value, WriterOptions,
@@ -71,6 +72,14 @@ impl<W: Write> VmstreamSink<W> {
             ram_sections: 0,
             body: Vec::new(),
         }
+    }
+
+    /// Sets the page size of the stream header for a QEMU stream whose
+    /// configuration section does not name one (default 4096): the page size
+    /// of a converted stream that is rewritten.
+    pub fn with_page_size(mut self, page_size: u32) -> VmstreamSink<W> {
+        self.page_size = page_size;
+        self
     }
 
     fn writer(&mut self) -> Result<&mut StreamWriter<W>> {
@@ -359,13 +368,20 @@ impl<R: Read> VmstreamSource<R> {
         let page_size = self.page_size();
         while let Some(item) = self.reader.next()? {
             let (at, index, kind) = (item.offset, item.index, item.kind);
-            if !started && matches!(kind, RecordKind::PAGES | RecordKind::DEVICE) {
-                return Err(Error::new(
-                    ErrorKind::Malformed,
-                    "QEMU records before the QEMU stream record",
-                )
-                .at_offset(at)
-                .in_record(index, kind.name()));
+            // The QEMU stream record comes once, before every record that
+            // becomes QEMU bytes: the header is the first thing QEMU wrote.
+            let qemu_bytes = matches!(kind, RecordKind::PAGES | RecordKind::DEVICE)
+                || (RecordKind::QEMU_FIRST..=RecordKind::QEMU_LAST).contains(&kind);
+            let misplaced = match kind {
+                kinds::STREAM if started => Some("a second QEMU stream record"),
+                kinds::STREAM => None,
+                _ if !started && qemu_bytes => Some("QEMU records before the QEMU stream record"),
+                _ => None,
+            };
+            if let Some(msg) = misplaced {
+                return Err(Error::new(ErrorKind::Malformed, msg)
+                    .at_offset(at)
+                    .in_record(index, kind.name()));
             }
             let r: Result<()> = (|| {
                 match &item.record {
@@ -399,6 +415,16 @@ impl<R: Read> VmstreamSource<R> {
                                 sink.event(&Event::Header { version })?;
                                 if b.take(1, "configuration flag")?[0] == 1 {
                                     let cfg = b.bytes("configuration")?;
+                                    if let Some(bits) = page_bits(cfg) {
+                                        if 1u64.checked_shl(bits) != Some(page_size) {
+                                            return Err(Error::new(
+                                                ErrorKind::Malformed,
+                                                format!(
+                                                    "the QEMU configuration has target page bits {bits}, but the stream's page size is {page_size}"
+                                                ),
+                                            ));
+                                        }
+                                    }
                                     let machine = cfg
                                         .get(4..)
                                         .and_then(|n| {
@@ -520,10 +546,15 @@ impl<R: Read> VmstreamSource<R> {
             }
         }
         if !eof {
+            // reported at the end record, where the EOF record should have been
+            let state = self.reader.state();
+            let end_at = state.offset().saturating_sub(END_FRAMED_LEN as u64);
             return Err(Error::new(
                 ErrorKind::Malformed,
                 "the converted stream has no QEMU EOF record",
-            ));
+            )
+            .at_offset(end_at)
+            .in_record(state.records().saturating_sub(1), RecordKind::END.name()));
         }
         Ok(())
     }

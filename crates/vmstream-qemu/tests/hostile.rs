@@ -275,3 +275,52 @@ fn qemu_records_with_impossible_contents_say_where() {
     let e = refused(&s.finish(), true, Limits::default());
     assert_eq!(e.kind(), ErrorKind::Malformed, "{e}");
 }
+
+/// The QEMU stream record comes once and first; the EOF record must be there;
+/// a configuration's page bits must match the stream's page size.
+#[test]
+fn qemu_stream_records_in_the_wrong_place_say_where() {
+    let mut s = QemuFramed::new(4096);
+    s.stream(3, None).eof().stream(3, None);
+    let e = refused(&s.finish(), false, Limits::default());
+    assert!(e.to_string().contains("a second QEMU stream record"), "{e}");
+    let mut s = QemuFramed::new(4096);
+    s.section_end(false).stream(3, None).eof();
+    let e = refused(&s.finish(), false, Limits::default());
+    assert!(
+        e.to_string().contains("before the QEMU stream record"),
+        "{e}"
+    );
+    let mut s = QemuFramed::new(4096);
+    s.stream(3, None);
+    let e = refused(&s.finish(), false, Limits::default());
+    assert!(e.to_string().contains("no QEMU EOF record"), "{e}");
+    assert!(e.location().record.is_some(), "{e}");
+    // target-page-bits 14 (16 KiB) in a stream of 4 KiB pages
+    let mut cfg = 0u32.to_be_bytes().to_vec();
+    cfg.extend_from_slice(b"\x05\x1econfiguration/target-page-bits");
+    cfg.extend_from_slice(&[0, 0, 0, 0]);
+    cfg.extend_from_slice(&14u32.to_be_bytes());
+    let mut s = QemuFramed::new(4096);
+    s.stream(3, Some(&cfg)).eof();
+    let e = refused(&s.finish(), false, Limits::default());
+    assert!(e.to_string().contains("target page bits 14"), "{e}");
+}
+
+/// Compacting a converted stream of 16 KiB pages into vmstream keeps its page
+/// size (it used to fall back to 4 KiB without a configuration section), so
+/// it converts back to the same QEMU stream compaction writes directly.
+#[test]
+fn compaction_to_vmstream_keeps_the_page_size() {
+    let s = ram_stream(16 << 10, &[("pc.ram", 64 << 10)], &[(0, 3, Some(7))]);
+    let o = opts(true, Limits::default());
+    let qemu = vmstream_to_qemu(&s[..], Vec::new(), &o).unwrap();
+    let vms = vmstream_to_vmstream(&s[..], Vec::new(), &o).unwrap();
+    let r = vmstream::SliceReader::new(&vms, Limits::default()).unwrap();
+    assert_eq!(r.state().header().page_size, 16 << 10);
+    let back = vmstream_to_qemu(&vms[..], Vec::new(), &opts(false, Limits::default())).unwrap();
+    assert!(
+        back == qemu,
+        "compacted vmstream converts to other QEMU bytes"
+    );
+}
