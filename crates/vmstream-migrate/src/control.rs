@@ -54,7 +54,6 @@ struct Job {
     direction: Direction,
     stats: Stats,
     cancel: Cancel,
-    listener: Option<vmstream_transport::ShutdownHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -224,6 +223,10 @@ impl Controller {
         let stats = self.new_stats();
         stats.update(|s| s.status = Some(Status::Setup));
         let cancel = Cancel::new();
+        if let Some(l) = listener {
+            // A cancel while the destination waits stops the listener.
+            cancel.watch(Cutter::new(move || l.shutdown()));
+        }
         let (vm, s2, c2, on_end) = (
             self.vm.clone(),
             stats.clone(),
@@ -233,19 +236,29 @@ impl Controller {
         let thread = std::thread::Builder::new()
             .name(format!("migrate-{direction:?}").to_lowercase())
             .spawn(move || {
-                let r = run(vm, s2.clone(), c2);
+                let r = run(vm, s2.clone(), c2.clone());
                 if let Err(e) = &r {
-                    // Errors before the driver ran (connecting) land here.
-                    let st = if e.is_cancel() {
+                    // Errors before the driver ran (connecting) land here;
+                    // the driver has already said how a migration it ran
+                    // ended (a cancel cuts the connections, so its error is
+                    // often an I/O error), and that stands.
+                    let st = if e.is_cancel() || c2.is_cancelled() {
                         Status::Cancelled
                     } else {
                         Status::Failed
                     };
                     s2.update(|s| {
                         s.error.get_or_insert(e.to_string());
-                        s.status = Some(st);
+                        if !matches!(
+                            s.status,
+                            Some(Status::Cancelled | Status::Failed | Status::Completed)
+                        ) {
+                            s.status = Some(st);
+                        }
                     });
                 }
+                // The migration is over: let its sockets and listener close.
+                c2.release();
                 on_end(direction, r.map_err(|e| e.to_string()));
             })
             .map_err(generic)?;
@@ -253,7 +266,6 @@ impl Controller {
             direction,
             stats,
             cancel,
-            listener,
             thread: Some(thread),
         });
         Ok(())
@@ -471,9 +483,6 @@ impl MigrationControl for Controller {
             if !j.stats.status().is_final() {
                 j.stats.update(|s| s.status = Some(Status::Cancelling));
                 j.cancel.cancel();
-                if let Some(l) = &j.listener {
-                    l.shutdown();
-                }
             }
         }
         Ok(())

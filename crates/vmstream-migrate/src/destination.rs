@@ -192,8 +192,9 @@ pub fn incoming(
         }
     });
     if r.is_err() {
-        cancel.cancel();
+        cancel.abort();
     }
+    cancel.release();
     r
 }
 
@@ -271,14 +272,27 @@ fn run(
         e
     };
     let gate = Gate::new(conns.data.len());
+    // Who failed first: a data channel (its index) or main (`None`). What
+    // fails after is the teardown's doing (a cut connection), and the first
+    // failure is the one to report.
+    let first_failure: Mutex<Option<Option<usize>>> = Mutex::new(None);
+    let failed = |who: Option<usize>, e: &Error| {
+        if !e.is_cancel() {
+            if let Ok(mut f) = first_failure.lock() {
+                f.get_or_insert(who);
+            }
+        }
+        gate.abort();
+        cancel.abort();
+    };
     let (devices, digests) = std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (k, c) in conns.data.into_iter().enumerate() {
-            let gate = &gate;
+            let (gate, failed) = (&gate, &failed);
             handles.push(scope.spawn(move || {
                 let r = receive(vm, c, k, gate, page_size);
-                if r.is_err() {
-                    gate.abort();
+                if let Err(e) = &r {
+                    failed(Some(k), e);
                 }
                 r
             }));
@@ -324,31 +338,34 @@ fn run(
                 }
             }
         })();
-        if main_result.is_err() {
-            gate.abort();
-            cancel.cancel();
+        if let Err(e) = &main_result {
+            failed(None, e);
         }
-        let mut first: Option<Error> = None;
-        for h in handles {
-            match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    if first
-                        .as_ref()
-                        .is_none_or(|f| f.is_cancel() && !e.is_cancel())
-                    {
-                        first = Some(e);
-                    }
-                }
-                Err(_) => {
-                    first.get_or_insert(Error::internal("a channel thread panicked"));
-                }
-            }
-        }
+        let channels: Vec<Result<(), Error>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::internal("a channel thread panicked")))
+            })
+            .collect();
+        let first = first_failure.lock().ok().and_then(|f| *f);
+        let mut channel_errors = channels
+            .into_iter()
+            .enumerate()
+            .filter_map(|(k, r)| r.err().map(|e| (k, e)));
         match (main_result, first) {
-            (Err(e), Some(f)) if e.is_cancel() && !f.is_cancel() => Err(f),
-            (Err(e), _) | (Ok(_), Some(e)) => Err(e),
-            (Ok(v), None) => Ok(v),
+            (Err(e), Some(None)) => Err(e),
+            (main_result, Some(Some(k))) => Err(channel_errors
+                .find(|(i, _)| *i == k)
+                .map(|(_, e)| e)
+                .or(main_result.err())
+                .unwrap_or_else(|| Error::internal("a channel failed without an error"))),
+            // Nothing failed of its own: cancelled, or done.
+            (Err(e), None) => Err(e),
+            (Ok(v), _) => match channel_errors.next() {
+                Some((_, e)) => Err(e),
+                None => Ok(v),
+            },
         }
     })
     .map_err(|e| fail(&mut back, e))?;

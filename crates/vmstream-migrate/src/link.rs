@@ -83,10 +83,15 @@ impl std::fmt::Debug for Connections {
 }
 
 /// Cancels a migration: sets a flag the driver checks between steps and cuts
-/// every connection so blocked I/O returns.
+/// every connection so blocked I/O returns. A driver tearing down a migration
+/// that failed stops it the same way, but that is no cancel: the migration
+/// ends `failed`.
 #[derive(Clone, Default)]
 pub struct Cancel {
-    flag: Arc<AtomicBool>,
+    /// Stop now: cancelled, or torn down after a failure.
+    stop: Arc<AtomicBool>,
+    /// [`Cancel::cancel`] was called.
+    requested: Arc<AtomicBool>,
     cutters: Arc<Mutex<Vec<Cutter>>>,
 }
 
@@ -104,7 +109,19 @@ impl Cancel {
 
     /// Cancels: idempotent.
     pub fn cancel(&self) {
-        self.flag.store(true, Ordering::SeqCst);
+        self.requested.store(true, Ordering::SeqCst);
+        self.abort();
+    }
+
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Stops the migration after a failure: cuts every connection, so every
+    /// thread of the driver ends, without making it a cancel.
+    pub(crate) fn abort(&self) {
+        self.stop.store(true, Ordering::SeqCst);
         if let Ok(c) = self.cutters.lock() {
             for c in c.iter() {
                 c.cut();
@@ -112,17 +129,27 @@ impl Cancel {
         }
     }
 
-    /// Whether [`Cancel::cancel`] was called.
-    pub fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
+    /// Whether the migration is to stop: cancelled or aborted.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 
-    /// Registers a connection to cut on cancel (cut at once if already cancelled).
+    /// Forgets the registered connections: once a migration is over its
+    /// sockets must close when the driver drops them, and the handles kept
+    /// here would hold them (and a listener) open.
+    pub fn release(&self) {
+        if let Ok(mut c) = self.cutters.lock() {
+            c.clear();
+        }
+    }
+
+    /// Registers a connection to cut on cancel (cut at once if already
+    /// cancelled or aborted).
     pub fn watch(&self, cutter: Cutter) {
         if let Ok(mut c) = self.cutters.lock() {
             c.push(cutter.clone());
         }
-        if self.is_cancelled() {
+        if self.is_stopped() {
             cutter.cut();
         }
     }

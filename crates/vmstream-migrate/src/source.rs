@@ -157,7 +157,7 @@ fn send_round<W: Write>(
     } = *ctx;
     let mut buf = vec![0u8; (CHUNK_PAGES * page_size) as usize];
     loop {
-        if cancel.is_cancelled() {
+        if cancel.is_stopped() {
             return Err(Error::cancelled());
         }
         let Some(c) = queue
@@ -310,7 +310,7 @@ pub fn migrate(
         }),
         Err(e) => {
             let cancelled = e.is_cancel() || cancel.is_cancelled();
-            cancel.cancel();
+            cancel.abort();
             vm.vcpus.throttle(0);
             vm.dirty.stop();
             let mut msg = e.to_string();
@@ -333,6 +333,7 @@ pub fn migrate(
             });
         }
     }
+    cancel.release();
     result
 }
 
@@ -357,7 +358,7 @@ fn run(
     for d in &conns.data {
         cancel.watch(d.cutter());
     }
-    if cancel.is_cancelled() {
+    if cancel.is_stopped() {
         return Err(Error::cancelled());
     }
     let page_size = u64::from(vm.memory.page_size());
@@ -504,7 +505,7 @@ fn run(
                 match done_rx.recv() {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        cancel.cancel();
+                        cancel.abort();
                         if first
                             .as_ref()
                             .is_none_or(|f: &Error| f.is_cancel() && !e.is_cancel())
@@ -561,7 +562,7 @@ fn run(
             if proto::can_switch_over(remaining, device_estimate, bw, params.downtime_limit_ms) {
                 break;
             }
-            if cancel.is_cancelled() {
+            if cancel.is_stopped() {
                 return Err(Error::cancelled());
             }
             if params.auto_converge {
@@ -650,7 +651,7 @@ fn run(
             }
             other => return Err(Error::peer(format!("expected ready, got {}", other.name()))),
         }
-        if cancel.is_cancelled() {
+        if cancel.is_stopped() {
             return Err(Error::cancelled());
         }
         // The point of no return.

@@ -229,3 +229,169 @@ fn one_way_file_snapshot_restores_into_a_new_guest() {
     assert!(c.is_paused());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn controller_reports_a_cancelled_migration_as_cancelled() {
+    use vmstream_migrate::control::Controller;
+    use vmstream_migrate::qmp::{
+        MigrateArgs, MigrateIncomingArgs, MigrationControl, MigrationStatus,
+    };
+    use vmstream_migrate::vm::Vcpus;
+
+    let obj = |v: serde_json::Value| v.as_object().unwrap().clone();
+    // A peer that takes the connections and never answers: the source waits
+    // in setup until the cancel cuts its connections, which its driver sees
+    // as an I/O error.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("tcp:127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let a = Arc::new(Synthetic::new(4 << 20, Fill::Random, 1, 1));
+    a.resume().unwrap();
+    let src = Controller::new(a.vm(), Arc::new(|_, _| {}));
+    src.migrate(MigrateArgs::from_args(obj(serde_json::json!({ "uri": uri }))).unwrap())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    src.migrate_cancel().unwrap();
+    src.wait();
+    let info = src.query_migrate().unwrap();
+    assert_eq!(info.status, Some(MigrationStatus::Cancelled), "{info:?}");
+    assert!(!a.is_paused());
+
+    // A destination cancelled while it waits for its source.
+    let b = Arc::new(Synthetic::new(4 << 20, Fill::Zero, 1, 2));
+    let dst = Controller::new(b.vm(), Arc::new(|_, _| {}));
+    let args = serde_json::json!({ "uri": "tcp:127.0.0.1:0" });
+    dst.migrate_incoming(MigrateIncomingArgs::from_args(obj(args)).unwrap())
+        .unwrap();
+    dst.migrate_cancel().unwrap();
+    dst.wait();
+    let info = dst.query_migrate().unwrap();
+    assert_eq!(info.status, Some(MigrationStatus::Cancelled), "{info:?}");
+    assert!(b.is_paused());
+}
+
+#[test]
+fn a_destination_stops_listening_when_its_migration_ends() {
+    use vmstream_migrate::control::Controller;
+    use vmstream_migrate::qmp::{
+        MigrateArgs, MigrateIncomingArgs, MigrationControl, MigrationStatus,
+    };
+    use vmstream_migrate::vm::Vcpus;
+
+    let obj = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let uri = serde_json::json!({ "uri": format!("tcp:127.0.0.1:{port}") });
+    // The destination has a device the source lacks: refused.
+    let b = Arc::new(Synthetic::new(4 << 20, Fill::Zero, 2, 2));
+    let dst = Controller::new(b.vm(), Arc::new(|_, _| {}));
+    dst.migrate_incoming(MigrateIncomingArgs::from_args(obj(uri.clone())).unwrap())
+        .unwrap();
+    let a = Arc::new(Synthetic::new(4 << 20, Fill::Random, 1, 1));
+    a.resume().unwrap();
+    let src = Controller::new(a.vm(), Arc::new(|_, _| {}));
+    src.migrate(MigrateArgs::from_args(obj(uri.clone())).unwrap())
+        .unwrap();
+    src.wait();
+    dst.wait();
+    assert_eq!(
+        src.query_migrate().unwrap().status,
+        Some(MigrationStatus::Failed)
+    );
+    assert_eq!(
+        dst.query_migrate().unwrap().status,
+        Some(MigrationStatus::Failed)
+    );
+    // Nothing listens on the port any more, and it can be listened on again.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    dst.migrate_incoming(MigrateIncomingArgs::from_args(obj(uri)).unwrap())
+        .unwrap();
+    dst.migrate_cancel().unwrap();
+    dst.wait();
+    assert_eq!(
+        dst.query_migrate().unwrap().status,
+        Some(MigrationStatus::Cancelled)
+    );
+}
+
+/// A source-side data channel that fails or corrupts what it carries.
+struct Faulty {
+    inner: UnixStream,
+    written: usize,
+    fail_at: Option<usize>,
+    flip_at: Option<usize>,
+}
+
+impl std::io::Read for Faulty {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl std::io::Write for Faulty {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.fail_at.is_some_and(|at| self.written >= at) {
+            return Err(std::io::Error::other("injected failure"));
+        }
+        let mut chunk = buf.to_vec();
+        if let Some(at) = self.flip_at {
+            if (self.written..self.written + chunk.len()).contains(&at) {
+                chunk[at - self.written] ^= 0xff;
+            }
+        }
+        let n = self.inner.write(&chunk)?;
+        self.written += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Link for Faulty {
+    fn cutter(&self) -> vmstream_migrate::link::Cutter {
+        self.inner.cutter()
+    }
+}
+
+#[test]
+fn a_failing_channel_fails_the_migration_and_the_first_failure_is_reported() {
+    use vmstream_migrate::vm::Vcpus;
+    for (fail_at, flip_at) in [(Some(1 << 20), None), (None, Some((1 << 20) + 777))] {
+        let a = Arc::new(Synthetic::new(16 << 20, Fill::Random, 1, 1));
+        let b = Arc::new(Synthetic::new(16 << 20, Fill::Zero, 1, 2));
+        a.resume().unwrap();
+        let (mut s, d) = pairs(2);
+        let (x, y) = UnixStream::pair().unwrap();
+        s.data[1] = Box::new(Faulty {
+            inner: x,
+            written: 0,
+            fail_at,
+            flip_at,
+        });
+        let mut d = d;
+        d.data[1] = Box::new(y);
+        let (svm, dvm) = (a.vm(), b.vm());
+        let loc = local(&dvm, 8, &[]).unwrap();
+        let (ss, ds) = (Stats::new(), Stats::new());
+        let (src, dst) = std::thread::scope(|scope| {
+            let h = scope.spawn(|| incoming(&dvm, d, &loc, &ds, &Cancel::new()));
+            let src = migrate(&svm, s, &fast(), &ss, &Cancel::new());
+            (src, h.join().unwrap())
+        });
+        let (src, dst) = (src.unwrap_err(), dst.unwrap_err());
+        // A failure, not a cancel, on both sides.
+        assert_eq!(ss.snapshot().status, Some(Status::Failed), "{src}");
+        assert_eq!(ds.snapshot().status, Some(Status::Failed), "{dst}");
+        assert!(!a.is_paused(), "the source runs on");
+        assert!(b.is_paused(), "the destination never ran");
+        if fail_at.is_some() {
+            assert!(src.to_string().contains("injected failure"), "{src}");
+        } else {
+            // The destination names the corruption, not the teardown after it.
+            assert!(dst.to_string().contains("checksum"), "{dst}");
+        }
+    }
+}

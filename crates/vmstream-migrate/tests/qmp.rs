@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use vmstream_migrate::qmp::{
-    ClientError, ErrorClass, Events, MigrateArgs, MigrateIncomingArgs, MigrationCapability,
-    MigrationCapabilityStatus, MigrationCommands, MigrationControl, MigrationInfo,
-    MigrationParameters, MigrationStatus, QmpClient, QmpError, QmpServer, ServerConfig,
-    SetMigrationParameters,
+    ClientError, ErrorClass, Events, Handler, MigrateArgs, MigrateIncomingArgs,
+    MigrationCapability, MigrationCapabilityStatus, MigrationCommands, MigrationControl,
+    MigrationInfo, MigrationParameters, MigrationStatus, QmpClient, QmpError, QmpServer,
+    ServerConfig, SetMigrationParameters,
 };
 
 // ---------------------------------------------------------------------------
@@ -875,6 +875,44 @@ fn many_clients_at_once_and_a_cap() {
     for c in &mut clients {
         c.execute("query-migrate", None).unwrap();
     }
+}
+
+#[test]
+fn shutdown_still_answers_the_command_that_asked_for_it() {
+    let _s = serial();
+    // `quit` makes the guest shut its server down while the command is
+    // still on its way back: the response must go out first.
+    struct Quit(Mutex<mpsc::Sender<()>>);
+    impl Handler for Quit {
+        fn commands(&self) -> Vec<String> {
+            vec!["quit".into()]
+        }
+        fn execute(&self, _name: &str, _args: Map<String, Value>) -> Result<Value, QmpError> {
+            self.0.lock().unwrap().send(()).unwrap();
+            // The shutdown starts before the response is queued.
+            thread::sleep(Duration::from_millis(200));
+            Ok(json!({}))
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.sock");
+    let (tx, rx) = mpsc::channel();
+    let server = QmpServer::bind(&path, Arc::new(Quit(Mutex::new(tx)))).unwrap();
+    let mut c = QmpClient::connect(&path).unwrap();
+    c.negotiate().unwrap();
+    let stopper = thread::spawn(move || {
+        rx.recv().unwrap();
+        let t = Instant::now();
+        server.shutdown();
+        t.elapsed()
+    });
+    assert_eq!(c.execute("quit", None).unwrap(), json!({}));
+    assert!(stopper.join().unwrap() < Duration::from_secs(1));
+    assert!(matches!(
+        c.next_message(Duration::from_secs(5)),
+        Err(ClientError::Closed | ClientError::Io(_))
+    ));
+    assert!(!path.exists());
 }
 
 #[test]

@@ -189,8 +189,10 @@ impl QmpServer {
         lock(&self.shared.clients).live.len()
     }
 
-    /// Stops accepting, disconnects every client, waits for their threads (up
-    /// to [`ServerConfig::shutdown_timeout`]) and removes the socket file.
+    /// Stops accepting and reading requests, lets commands still running
+    /// finish and queued responses and events go out (for at most a second),
+    /// disconnects every client, waits for their threads (up to
+    /// [`ServerConfig::shutdown_timeout`] in all) and removes the socket file.
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -211,6 +213,16 @@ impl QmpServer {
                 let _ = acceptor.join();
             }
         }
+        // Read no more requests, but let a command still running finish and
+        // what is queued go out: the response to the `quit` that made the
+        // server stop, among others. Clients that do not read their
+        // responses are cut off after a grace period.
+        for client in lock(&shared.clients).live.values() {
+            let _ = client.stream.shutdown(Shutdown::Read);
+        }
+        let start = Instant::now();
+        let deadline = start + shared.config.shutdown_timeout;
+        wait_for_threads(shared, deadline.min(start + SHUTDOWN_GRACE));
         {
             let mut clients = lock(&shared.clients);
             for client in clients.live.values() {
@@ -219,19 +231,7 @@ impl QmpServer {
             }
             clients.live.clear();
         }
-        let deadline = Instant::now() + shared.config.shutdown_timeout;
-        let mut threads = lock(&shared.threads);
-        while *threads > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            threads = match shared.threads_done.wait_timeout(threads, left) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-        drop(threads);
+        wait_for_threads(shared, deadline);
         if ours {
             let _ = fs::remove_file(&self.path);
         }
@@ -242,6 +242,25 @@ impl QmpServer {
             .ok()
             .map(|m| (m.dev(), m.ino()));
         now.is_some() && now == self.socket_id
+    }
+}
+
+/// How long [`QmpServer::shutdown`] lets clients take what was queued for
+/// them before cutting them off (at most [`ServerConfig::shutdown_timeout`]).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Waits until no client thread is left, or `deadline`.
+fn wait_for_threads(shared: &Shared, deadline: Instant) {
+    let mut threads = lock(&shared.threads);
+    while *threads > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        threads = match shared.threads_done.wait_timeout(threads, left) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
     }
 }
 
