@@ -388,12 +388,13 @@ class Block:
 class Stream:
     def __init__(self, page_size=4 * KIB, required=0, optional=0, major=1, minor=0,
                  arch=ARCH_X86_64, kind=KIND_SNAPSHOT, writer=WRITER, header_len=None,
-                 magic=MAGIC):
+                 magic=MAGIC, header_padding=None):
         self.page_size = page_size
         self.required, self.optional = required, optional
+        self.minor = minor
         self.writer = writer
         self.buf = bytearray(header(page_size, required, optional, major, minor, arch,
-                                    kind, writer, header_len, magic))
+                                    kind, writer, header_len, magic, header_padding))
         self.names = {}
         self.records = 0
         self.counts = {}
@@ -431,7 +432,9 @@ class Stream:
 
     def names_record(self, first_id, names):
         body = varint(first_id) + varint(len(names)) + b"".join(string(n) for n in names)
-        return self.record(NAMES, body)
+        off = self.record(NAMES, body)
+        self.index_entries.append((NAMES, off, 0xFFFFFFFF, first_id, len(names), ""))
+        return off
 
     def info_record(self, value):
         body = self.encode(value)
@@ -442,33 +445,37 @@ class Stream:
         body = self.encode(description)
         return self.record(SCHEMA, string(type_name) + u32(version) + body, OPTIONAL)
 
-    def device(self, name, instance, type_name, version, value):
+    def device(self, name, instance, type_name, version, value, flags=0):
         state = self.encode(value)
         off = self.record(DEVICE, string(name) + u32(instance) + string(type_name) +
-                          u32(version) + state)
+                          u32(version) + state, flags)
         self.devices.append({"name": name, "instance_id": instance, "type": type_name,
                              "version": version, "value": value_json(value)})
         self.index_entries.append((DEVICE, off, 0xFFFFFFFF, 0, 0, name))
         return off
 
-    def ram_blocks(self, blocks):
+    def ram_blocks(self, blocks, flags=0):
         body = bytearray(varint(len(blocks)))
         for b in blocks:
             size = b.size if b.size is not None else b.pages * self.page_size
-            ps = b.page_size or self.page_size
+            ps = b.page_size if b.page_size is not None else self.page_size
             body += u32(b.id) + string(b.name) + u64(size) + u32(ps) + u32(b.flags)
             self.blocks[b.id] = {"id": b.id, "name": b.name, "size": size,
                                  "page_size": ps, "flags": b.flags,
                                  "final": {}, "sent_data": 0, "sent_zero": 0}
-        return self.record(RAM_BLOCKS, bytes(body))
+        off = self.record(RAM_BLOCKS, bytes(body), flags)
+        self.index_entries.append((RAM_BLOCKS, off, 0xFFFFFFFF, 0, 0, ""))
+        return off
 
     def pages(self, block, epoch, entries, compression=COMP_NONE, data_pad=None,
-              lz4_mode="pages", mutate=None):
+              lz4_mode="pages", mutate=None, flags=0):
         """entries: [(page index, Page or None for a zero page)]."""
         ps = self.page_size
         data_pages = [p for _, p in entries if p is not None]
         raw_len = len(data_pages) * ps
-        if compression == COMP_NONE:
+        if not data_pages:
+            stored = b""  # no data pages: an empty data area, whatever the compression
+        elif compression == COMP_NONE:
             stored = b"".join(p.data(ps) for p in data_pages)
         elif compression == COMP_ZSTD:
             stored = zstd_frame([s for p in data_pages for s in page_segments(p, ps)])
@@ -496,7 +503,7 @@ class Stream:
                 u32(fields["stored_len"]) + u32(fields["raw_len"]) +
                 b"".join(u64(e) for e in fields["entries"]) + fields["pad"] +
                 fields["stored"])
-        off = self.record(PAGES, body)
+        off = self.record(PAGES, body, flags)
         b = self.blocks.get(block)
         if b is not None:
             for i, p in entries:
@@ -515,19 +522,30 @@ class Stream:
     def unknown(self, kind, body, flags=OPTIONAL):
         return self.record(kind, body, flags)
 
-    def index(self):
-        body = bytearray(varint(len(self.index_entries)))
-        for kind, off, block, first, last, name in self.index_entries:
+    def index_list(self):
+        """Section 7: the entries the index lists, one per record of the kinds the
+        stream's version indexes (a 1.0 index lists device and pages records only)."""
+        kinds = (DEVICE, PAGES) if self.minor == 0 else (NAMES, DEVICE, RAM_BLOCKS, PAGES)
+        return [e for e in self.index_entries if e[0] in kinds]
+
+    def index(self, entries=None, flags=OPTIONAL):
+        """The index record (OPTIONAL, as the Flags column of section 4 says)."""
+        if entries is None:
+            entries = self.index_list()
+        body = bytearray(varint(len(entries)))
+        for kind, off, block, first, last, name in entries:
             body += u16(kind) + u64(off) + u32(block) + u64(first) + u64(last) + string(name)
         self.index_offset = len(self.buf)
-        return self.record(INDEX, bytes(body))
+        return self.record(INDEX, bytes(body), flags)
 
-    def end(self, records=None, index_offset=None):
+    def end(self, records=None, index_offset=None, flags=0):
+        """Section 8: records counts every record before end, skipped ones and the
+        index included; index_offset is where the index is, 0 without one."""
         if records is None:
             records = self.records
         if index_offset is None:
             index_offset = self.index_offset
-        return self.record(END, u64(records) + u64(index_offset))
+        return self.record(END, u64(records) + u64(index_offset), flags)
 
     def bytes(self):
         return bytes(self.buf)
@@ -884,6 +902,128 @@ def _():
     s.unknown(0xFFFF, b"\0" * 11)
     s.ram_blocks([Block(0, "ram", 1)])
     s.pages(0, 0, [(0, Page(b"\x10"))])
+    s.end()
+    return s
+
+
+@good("header-longer-future-minor", "a later minor version (1.2) may make the header "
+      "longer than ceil8(40 + writer_len + 4), with trailing fields of its own that a "
+      "reader skips unread (section 2, rule 5)")
+def _():
+    s = Stream(minor=2, writer="w", header_len=64,
+               header_padding=b"\0\0\0" + b"trailing fields!")
+    s.device("d", 0, "t", 1, Struct(("x", V("u8", 1))))
+    s.end()
+    return s
+
+
+@good("reserved-arch-kind-1.0", "arch and kind values this document does not define, "
+      "in a 1.0 stream: readers accept them whatever version_minor says (section 2, "
+      "rule 7)")
+def _():
+    s = Stream(minor=0, arch=0x1234, kind=0xFE)
+    s.device("d", 0, "t", 1, V("u8", 1))
+    s.end()
+    return s
+
+
+@good("known-kinds-any-optional-flag", "a reader reads records of the kinds it knows "
+      "whatever their OPTIONAL bit (section 3): a schema and an index without it; a "
+      "names, device, ram-blocks, pages, epoch and end record with it")
+def _():
+    s = Stream(minor=1, page_size=512, optional=OPT_INDEX)
+    desc = s.encode(Str("u8"))
+    s.record(SCHEMA, string("unused") + u32(1) + desc, 0)
+    off = s.record(NAMES, varint(0) + varint(1) + string("x"), OPTIONAL)
+    s.names["x"] = 0
+    s.index_entries.append((NAMES, off, 0xFFFFFFFF, 0, 1, ""))
+    s.device("d", 0, "t", 1, Struct(("x", V("u8", 1))), flags=OPTIONAL)
+    s.ram_blocks([Block(0, "ram", 2)], flags=OPTIONAL)
+    s.pages(0, 0, [(0, Page(b"o"))], flags=OPTIONAL)
+    s.record(EPOCH, u32(0), OPTIONAL)
+    s.barriers += 1
+    s.index(flags=0)
+    s.end(flags=OPTIONAL)
+    return s
+
+
+@good("compressed-batches-without-data", "a batch without data pages has an empty data "
+      "area (stored_len 0) whatever its compression (section 6.2): zstd and lz4 batches "
+      "of zero pages, and data_pad in them")
+def _():
+    s = Stream(page_size=512, required=REQ_ZSTD | REQ_LZ4)
+    s.ram_blocks([Block(0, "ram", 4)])
+    s.pages(0, 0, [(0, Page(b"\x01")), (1, Page(b"\x02"))], compression=COMP_ZSTD)
+    s.pages(0, 0, [(0, None), (2, None)], compression=COMP_ZSTD)
+    s.pages(0, 0, [(1, None), (3, None)], compression=COMP_LZ4, data_pad=7)
+    s.end()
+    return s
+
+
+@good("feature-bits-unused", "feature bits may be set and not used (section 2.1): zstd "
+      "and lz4 with uncompressed batches only, index with no index record (index_offset "
+      "0)")
+def _():
+    s = Stream(page_size=512, required=REQ_ZSTD | REQ_LZ4, optional=OPT_INDEX)
+    s.ram_blocks([Block(0, "ram", 2)])
+    s.pages(0, 0, [(0, Page(b"u")), (1, None)])
+    s.end()
+    return s
+
+
+@good("ram-block-edges", "RAM blocks (section 6.1): size 0, an empty name, a block page "
+      "size below the header's (512 under 1024) and one of 2^30 with a size that is no "
+      "multiple of it, both flags")
+def _():
+    s = Stream(page_size=1024, minor=1)
+    s.ram_blocks([Block(0, "", 0, page_size=512), Block(1, "small-host-pages", 2,
+                                                         page_size=512),
+                  Block(2, "huge-host-pages", 3, page_size=1 << 30, flags=3)])
+    s.pages(1, 0, [(1, None)])
+    s.pages(2, 0, [(0, None), (2, Page(b"h"))])
+    s.end()
+    return s
+
+
+@good("future-minor-block-flags", "a 1.2 stream's RAM block flags that this version "
+      "does not define are ignored (section 6.1)")
+def _():
+    s = Stream(page_size=512, minor=2)
+    s.ram_blocks([Block(0, "ram", 2, flags=1 | 1 << 7 | 1 << 31)])
+    s.pages(0, 0, [(1, Page(b"f"))])
+    s.end()
+    return s
+
+
+@good("index-1.1", "a 1.1 index lists the names, device, ram-blocks and pages records, "
+      "one entry each in stream order; entries of kinds it does not know are ignored "
+      "(section 7); end.records counts the skipped record and the index (section 8)")
+def _():
+    s = Stream(page_size=512, minor=1, optional=OPT_INDEX)
+    s.info_record(Struct(("vmm", Str("x"))))
+    s.device("cpu0", 0, "cpu", 1, Struct(("pc", V("u64", 7))))
+    s.unknown(0x0042, b"skipped")
+    s.ram_blocks([Block(3, "ram", 8)])
+    s.pages(3, 0, [(0, Page(b"a")), (5, None)])
+    s.epoch(0)
+    s.pages(3, 1, [(2, None)])
+    s.device("cpu0", 1, "cpu", 1, Struct(("pc", V("u64", 9))))
+    entries = s.index_list()
+    entries.insert(2, (0x0042, 0, 0, 1, 2, "an entry of a kind this version lacks"))
+    entries.append((0x7777, 1 << 40, 5, 0, 0, ""))
+    s.index(entries)
+    s.end()
+    return s
+
+
+@good("index-1.0", "a 1.0 index lists device and pages records only (names and "
+      "ram-blocks records, which 1.1 indexes, are not listed)")
+def _():
+    s = Stream(page_size=512, minor=0, optional=OPT_INDEX)
+    s.device("d", 0, "t", 1, Struct(("x", V("u8", 1))))
+    s.ram_blocks([Block(0, "ram", 2)])
+    s.pages(0, 0, [(1, Page(b"z"))])
+    s.index()
     s.end()
     return s
 
@@ -1246,7 +1386,10 @@ def _(bad):
 def _(bad):
     s = Stream()
     s.names_record(0, ["a", "b"])
-    s.names_record(0 if bad else 2, ["a", "b"])
+    if bad:
+        s.names_record(0, ["a", "b"])
+    else:
+        s.names_record(2, ["c", "d"])  # a name is published once (section 5.2)
     s.end()
     return s.bytes()
 
@@ -1666,6 +1809,396 @@ def _(bad):
 
 
 # ---------------------------------------------------------------------------
+# Rules format 1.1 states for 1.0 and 1.1 streams alike (section 10.1).
+
+# -- header, section 2
+
+@bad("header-len-longer-1.1", "malformed",
+     "§2: in a 1.0 or 1.1 stream header_len equals ceil8(40 + writer_len + 4) (the "
+     "control is the same header in a 1.2 stream, which may be longer)")
+def _(bad):
+    s = Stream(minor=1 if bad else 2, writer="w", header_len=64)
+    s.end()
+    return s.bytes()
+
+
+def header_cut_writer(minor, header_len, writer):
+    """A header whose header_len leaves less room than writer_len says: the writer
+    string is cut where the CRC starts (the CRC itself is right)."""
+    w = writer.encode("utf-8")
+    h = (MAGIC + u16(1) + u16(minor) + u32(header_len) + u64(0) + u64(0) + u32(4096) +
+         u16(ARCH_X86_64) + u8(KIND_SNAPSHOT) + u8(len(w)) + w)[:header_len - 4]
+    return h + u32(crc32c(h))
+
+
+@bad("header-len-short-future-minor", "malformed",
+     "§2: header_len is at least ceil8(40 + writer_len + 4), also in a later minor "
+     "version (a 1.2 header of 48 bytes for a 12-byte writer string)")
+def _(bad):
+    if bad:
+        s = Stream(minor=2)
+        s.buf = bytearray(header_cut_writer(2, 48, "twelve chars"))
+    else:
+        s = Stream(minor=2, writer="twelve chars", header_len=64)
+    s.end()
+    return s.bytes()
+
+
+@bad("header-len-above-4096-future-minor", "malformed",
+     "§2: header_len is at most 4096, also in a later minor version (the control is a "
+     "1.2 header of exactly 4096 bytes)")
+def _(bad):
+    s = Stream(minor=2, writer="w", header_len=4104 if bad else 4096)
+    s.end()
+    return s.bytes()
+
+
+@bad("header-writer-not-utf8", "malformed", "§2 rule 6: the writer string is UTF-8")
+def _(bad):
+    s = Stream(writer=b"vectors \xff" if bad else b"vectors !")
+    s.end()
+    return s.bytes()
+
+
+# -- feature bits, section 2.1
+
+def compression_vector(name, rule, entries, compression, bad_required, good_required):
+    @bad(name, "malformed", rule)
+    def _(bad):
+        s = Stream(page_size=512, required=bad_required if bad else good_required)
+        s.ram_blocks([Block(0, "ram", 4)])
+        s.pages(0, 0, entries, compression=compression)
+        s.end()
+        return s.bytes()
+
+
+compression_vector("pages-zstd-without-feature",
+                   "§2.1/§6.2: compression 1 needs the required feature bit zstd",
+                   [(0, Page(b"\x5a"))], COMP_ZSTD, 0, REQ_ZSTD)
+compression_vector("pages-lz4-without-feature",
+                   "§2.1/§6.2: compression 2 needs the required feature bit lz4 (the "
+                   "stream has zstd only)", [(0, Page(b"\x5a"))], COMP_LZ4, REQ_ZSTD,
+                   REQ_ZSTD | REQ_LZ4)
+compression_vector("pages-zstd-without-feature-zero-only",
+                   "§2.1/§6.2: compression 1 needs the bit zstd, also in a batch without "
+                   "data pages", [(0, None), (1, None)], COMP_ZSTD, 0, REQ_ZSTD)
+
+
+@bad("index-without-feature", "malformed",
+     "§2.1: a stream with an index record has the optional bit index")
+def _(bad):
+    s = Stream(minor=1, optional=0 if bad else OPT_INDEX)
+    one_device(s)
+    s.index()
+    s.end()
+    return s.bytes()
+
+
+@bad("qemu-record-without-framing", "malformed",
+     "§2.1: records of kinds 0x0100-0x01ff only in a stream with the bit qemu-framing "
+     "(the control has no such record)")
+def _(bad):
+    s = Stream()
+    one_device(s)
+    if bad:
+        s.unknown(0x0105, b"")
+    s.end()
+    return s.bytes()
+
+
+# -- schemas, section 4.3
+
+def schema_vector(name, rule, bad_description, good_description):
+    @bad(name, "malformed", rule)
+    def _(bad):
+        s = Stream()
+        s.schema("t", 1, bad_description if bad else good_description)
+        s.end()
+        return s.bytes()
+
+
+schema_vector("schema-unknown-type-name",
+              "§4.3: a scalar description is a scalar type name or \"any\"",
+              Str("nonsense"), Str("u64"))
+schema_vector("schema-container-name-as-type",
+              "§4.3: a scalar description is a scalar type name or \"any\" (\"option\" "
+              "is a container)", Str("option"), Enum("option", Str("u8")))
+schema_vector("schema-map-one-element",
+              "§4.3: map holds a two-element seq [key, value]",
+              Enum("map", Seq(Str("u8"))), Enum("map", Seq(Str("u8"), Str("any"))))
+schema_vector("schema-enum-not-any", "§4.3: enum holds the string \"any\"",
+              Enum("enum", Str("u8")), Enum("enum", Str("any")))
+schema_vector("schema-struct-not-struct", "§4.3: struct holds a struct of descriptions",
+              Enum("struct", Seq(Str("u8"))), Enum("struct", Struct(("a", Str("u8")))))
+schema_vector("schema-unknown-container", "§4.3: the containers are struct, seq, "
+              "option, map and enum", Enum("tuple", Seq(Str("u8"), Str("u8"))),
+              Enum("seq", Str("u8")))
+schema_vector("schema-not-a-description", "§4.3: a description is a string or an enum "
+              "(here a u8)", V("u8", 1), Str("u8"))
+schema_vector("schema-nested-bad", "§4.3: every member is a description (a seq of "
+              "\"u128\" in a struct)",
+              Enum("struct", Struct(("a", Str("bool")), ("b", Enum("seq", Str("u128"))))),
+              Enum("struct", Struct(("a", Str("bool")), ("b", Enum("seq", Str("u64"))))))
+
+
+# -- names, section 5.2
+
+@bad("names-twice-in-record", "malformed",
+     "§5.2: a name is published once (twice in one names record)")
+def _(bad):
+    s = Stream()
+    s.names_record(0, ["a", "a" if bad else "b"])
+    s.end()
+    return s.bytes()
+
+
+@bad("names-published-again", "malformed",
+     "§5.2: a name is published once (again in a later names record)")
+def _(bad):
+    s = Stream()
+    s.names_record(0, ["a", "b"])
+    s.names_record(2, ["c", "b" if bad else "d"])
+    s.end()
+    return s.bytes()
+
+
+# -- depth, section 5.3
+
+def nest(levels, inner):
+    """`levels` containers of every kind in turn (seq, struct, some, enum, map) around
+    `inner`; interned name 0 names the struct field and the enum variant."""
+    head = b""
+    for i in range(levels):
+        k = i % 5
+        if k == 0:
+            head += b"\x0e\x01"  # seq of 1
+        elif k == 1:
+            head += b"\x0f\x01\x00"  # struct of 1 field, name 0
+        elif k == 2:
+            head += b"\x11"  # some
+        elif k == 3:
+            head += b"\x12\x00"  # enum, variant name 0
+        else:
+            head += b"\x14\x01\x13"  # map of 1, key unit, then the value
+    return head + inner
+
+
+raw_value_vector("nesting-129-every-container", "§5.3: depth counts every container, "
+                 "an empty one as 1: 128 containers of all five kinds around an empty "
+                 "seq (the control: 127)", nest(128, b"\x0e\x00"), nest(127, b"\x0e\x00"),
+                 kind="limit exceeded")
+
+
+@bad("nesting-129-info", "limit exceeded",
+     "§5.3: each value of a record is measured from its top (an info value of depth 129)")
+def _(bad):
+    s = Stream()
+    s.names_record(0, ["x"])
+    s.names["x"] = 0
+    s.record(INFO, nest(129 if bad else 128, b"\x13"))
+    s.end()
+    return s.bytes()
+
+
+# -- RAM blocks, section 6.1
+
+for _name, _bps in (("ram-block-page-size-0", 0), ("ram-block-page-size-3000", 3000),
+                    ("ram-block-page-size-256", 256),
+                    ("ram-block-page-size-2g", 1 << 31)):
+    def _make(bps):
+        def build(bad):
+            s = Stream()
+            s.ram_blocks([Block(0, "ram", 2, page_size=bps if bad else 2 * MIB)])
+            s.end()
+            return s.bytes()
+        return build
+    bad(_name, "malformed",
+        "§6.1: a block's page_size is a power of two in 512..=2^30")(_make(_bps))
+
+
+@bad("ram-block-duplicate-name", "malformed", "§6.1: block names are unique in the stream")
+def _(bad):
+    s = Stream()
+    s.ram_blocks([Block(0, "ram", 1), Block(1, "ram" if bad else "rom", 1)])
+    s.end()
+    return s.bytes()
+
+
+@bad("ram-block-duplicate-name-later", "malformed",
+     "§6.1: block names are unique in the stream (across ram-blocks records)")
+def _(bad):
+    s = Stream()
+    s.ram_blocks([Block(0, "", 1)])
+    s.ram_blocks([Block(1, "" if bad else "b", 1)])
+    s.end()
+    return s.bytes()
+
+
+@bad("ram-block-reserved-flag", "malformed",
+     "§6.1: reserved block flags are zero in a 1.0 stream")
+def _(bad):
+    s = Stream()
+    s.ram_blocks([Block(0, "ram", 1, flags=4 if bad else 3)])
+    s.end()
+    return s.bytes()
+
+
+@bad("ram-block-reserved-flag-1.1", "malformed",
+     "§6.1: reserved block flags are zero in a 1.1 stream (the control is the same "
+     "block in a 1.2 stream, whose readers ignore flags they do not know)")
+def _(bad):
+    s = Stream(minor=1 if bad else 2)
+    s.ram_blocks([Block(0, "ram", 1, flags=1 << 31)])
+    s.end()
+    return s.bytes()
+
+
+# -- page batches, section 6.2
+
+pages_vector("pages-reserved-not-zero", "malformed", "§1/§6.2: the reserved bytes are zero",
+             setf(reserved=0x0100))
+pages_vector("pages-zstd-empty-frame-without-data", "malformed",
+             "§6.2: a batch without data pages has an empty data area, not an empty zstd "
+             "frame", setf(stored=zstd_frame([]), stored_len=len(zstd_frame([]))),
+             entries=[(1, None), (2, None)], compression=COMP_ZSTD, required=REQ_ZSTD)
+pages_vector("pages-lz4-empty-block-without-data", "malformed",
+             "§6.2: a batch without data pages has an empty data area, not an empty LZ4 "
+             "block", setf(stored=lz4_sequence(b""), stored_len=1),
+             entries=[(1, None)], compression=COMP_LZ4, required=REQ_LZ4)
+
+
+# -- index and end, sections 7 and 8
+
+def indexed_stream(minor=1):
+    s = Stream(page_size=512, minor=minor, optional=OPT_INDEX)
+    s.device("dev0", 0, "t", 1, Struct(("x", V("u8", 1))))
+    s.ram_blocks([Block(0, "ram", 8)])
+    s.pages(0, 0, [(1, None), (3, None)])
+    s.epoch_at = s.epoch(0)
+    s.pages(0, 1, [(2, None), (6, None)])
+    s.device("dev1", 0, "t", 1, Struct(("x", V("u8", 2))))
+    return s
+
+
+@bad("record-after-index", "malformed", "§7: only end follows the index")
+def _(bad):
+    s = indexed_stream()
+    if bad:
+        s.index()
+        one_device(s)
+    else:
+        one_device(s)
+        s.index()
+    s.end()
+    return s.bytes()
+
+
+@bad("index-twice", "malformed", "§7: a stream has at most one index")
+def _(bad):
+    s = indexed_stream()
+    if bad:
+        s.index()
+    s.index()
+    s.end()
+    return s.bytes()
+
+
+@bad("end-index-offset-0-with-index", "malformed",
+     "§8: index_offset is the index record's offset (here 0, with an index)")
+def _(bad):
+    s = indexed_stream()
+    s.index()
+    s.end(index_offset=0 if bad else None)
+    return s.bytes()
+
+
+@bad("end-index-offset-at-device", "malformed",
+     "§8: index_offset is the index record's offset (here a device record's)")
+def _(bad):
+    s = indexed_stream()
+    at = s.index_entries[0][1]
+    s.index()
+    s.end(index_offset=at if bad else None)
+    return s.bytes()
+
+
+@bad("end-index-offset-without-index", "malformed",
+     "§8: index_offset is 0 in a stream without an index (here a device record's offset)")
+def _(bad):
+    s = indexed_stream()
+    s.end(index_offset=s.index_entries[0][1] if bad else 0)
+    return s.bytes()
+
+
+@bad("end-count-without-index", "malformed",
+     "§8: end.records counts the index record too")
+def _(bad):
+    s = indexed_stream()
+    s.index()
+    s.end(records=s.records - 1 if bad else None)
+    return s.bytes()
+
+
+def index_vector(name, rule, change, minor=1):
+    @bad(name, "malformed", rule)
+    def _(bad):
+        s = indexed_stream(minor)
+        entries = s.index_list()
+        if bad:
+            entries = change(s, entries)
+        s.index(entries)
+        s.end()
+        return s.bytes()
+
+
+def without(kind, nth=0):
+    def change(s, entries):
+        at = [i for i, e in enumerate(entries) if e[0] == kind][nth]
+        return entries[:at] + entries[at + 1:]
+    return change
+
+
+def replace(kind, nth, **fields):
+    names = ("kind", "offset", "block", "first", "last", "name")
+
+    def change(s, entries):
+        at = [i for i, e in enumerate(entries) if e[0] == kind][nth]
+        e = dict(zip(names, entries[at]))
+        e.update(fields)
+        return entries[:at] + [tuple(e[n] for n in names)] + entries[at + 1:]
+    return change
+
+
+index_vector("index-missing-pages", "§7: the index lists every pages record",
+             without(PAGES, 1))
+index_vector("index-missing-names", "§7: a 1.1 index lists every names record",
+             without(NAMES))
+index_vector("index-missing-ram-blocks", "§7: a 1.1 index lists every ram-blocks record",
+             without(RAM_BLOCKS))
+index_vector("index-missing-device-1.0", "§7: a 1.0 index lists every device record",
+             without(DEVICE, 1), minor=0)
+index_vector("index-extra-entry", "§7: one entry per record (a device listed twice)",
+             lambda s, e: e[:2] + [e[1]] + e[2:])
+index_vector("index-out-of-order", "§7: entries in stream order",
+             lambda s, e: [e[1], e[0]] + e[2:])
+index_vector("index-pages-last-wrong", "§7: a pages entry gives its last page index",
+             replace(PAGES, 0, last=2))
+index_vector("index-pages-block-wrong", "§7: a pages entry gives its block",
+             replace(PAGES, 1, block=1))
+index_vector("index-device-name-wrong", "§7: a device entry gives its instance name",
+             replace(DEVICE, 1, name="dev2"))
+index_vector("index-device-block-not-none", "§7: a device entry has block 0xffffffff",
+             replace(DEVICE, 0, block=0))
+index_vector("index-names-count-wrong", "§7: a names entry gives its first_id and count",
+             replace(NAMES, 0, last=2))
+index_vector("index-ram-blocks-name-not-empty", "§7: a ram-blocks entry has an empty name",
+             replace(RAM_BLOCKS, 0, name="ram"))
+index_vector("index-entry-at-wrong-offset", "§7: an entry gives its record's offset (a "
+             "pages entry pointing at the epoch record)",
+             lambda s, e: replace(PAGES, 1, offset=s.epoch_at)(s, e))
+
+
+# ---------------------------------------------------------------------------
 # Output
 
 README_HEAD = """\
@@ -1731,7 +2264,7 @@ def main(argv):
         manifest.append(entry)
         note = " (pending: %s)" % b["pending"] if "pending" in b else ""
         readme.append("| `%s` | %s | %s%s |\n" % (b["file"], b["kind"], b["rule"], note))
-    doc = {"spec": "docs/format.md, format 1.0", "vectors": manifest}
+    doc = {"spec": "docs/format.md, format 1.1", "vectors": manifest}
     text = '{"spec": %s, "vectors": [\n%s\n]}\n' % (
         json.dumps(doc["spec"]),
         ",\n".join(json.dumps(v, ensure_ascii=False) for v in doc["vectors"]))

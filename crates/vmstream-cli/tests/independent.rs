@@ -126,7 +126,7 @@ fn committed_vectors_are_what_the_script_makes() {
     }
     let total: usize = committed.iter().map(|(_, b)| b.len()).sum();
     assert!(
-        total < 256 << 10,
+        total < 320 << 10,
         "testdata/independent holds {total} bytes"
     );
 }

@@ -276,17 +276,24 @@ impl Header {
         let arch = Arch::from_code(c.u16("arch")?);
         let kind = StreamKind::from_code(c.u8("stream kind")?).map_err(|e| e.at_offset(38))?;
         let wlen = c.u8("writer length")? as usize;
-        if encoded_len(wlen) != len {
+        // A later minor version may add fields after the writer string (a
+        // longer header, docs/format.md §2, §10): its trailing bytes are
+        // skipped unread. Up to this reader's version the header is exactly
+        // the writer string and zero padding.
+        let later = version_minor > VERSION_MINOR;
+        let min = encoded_len(wlen);
+        if len < min || (!later && len != min) {
             return Err(Error::malformed(format!(
-                "header length {len} does not fit a writer string of {wlen} bytes"
+                "header length {len} does not fit a writer string of {wlen} bytes (expected {}{min})",
+                if later { "at least " } else { "" }
             ))
-            .at_offset(39));
+            .at_offset(12));
         }
         let writer = c.bytes(wlen, "writer")?;
         let writer = std::str::from_utf8(writer)
             .map_err(|_| Error::malformed("writer string is not UTF-8").at_offset(40))?
             .to_owned();
-        if c.rest().iter().any(|&b| b != 0) {
+        if !later && c.rest().iter().any(|&b| b != 0) {
             return Err(Error::malformed("header padding is not zero").at_offset(40 + wlen as u64));
         }
         let unknown = required_features & !KNOWN_REQUIRED_FEATURES;
@@ -356,6 +363,37 @@ mod tests {
         assert_eq!(h.encode().unwrap_err().kind(), crate::ErrorKind::Usage);
         let h = Header::new(StreamKind::Other(200), Arch::Other(77), 4096);
         assert_eq!(Header::decode(&h.encode().unwrap()).unwrap(), h);
+    }
+
+    /// A header of format 1.`minor` for the writer string "w" (48 bytes at
+    /// least), made `len` bytes long with `trailing` after the writer string.
+    fn longer(minor: u16, len: usize, trailing: &[u8]) -> Vec<u8> {
+        let mut h = Header::new(StreamKind::Snapshot, Arch::X86_64, 4096);
+        h.version_minor = minor;
+        h.writer = "w".into();
+        let mut b = h.encode().unwrap();
+        b.truncate(41);
+        b[12..16].copy_from_slice(&(len as u32).to_le_bytes());
+        b.extend_from_slice(trailing);
+        b.resize(len - 4, 0);
+        let crc = crate::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn later_minor_versions_may_have_longer_headers() {
+        let h = Header::decode(&longer(2, 64, b"new fields")).unwrap();
+        assert_eq!((h.version_minor, h.writer.as_str()), (2, "w"));
+        assert_eq!(Header::total_len(&longer(9, 4096, b"x")).unwrap(), 4096);
+        Header::decode(&longer(9, 4096, b"x")).unwrap();
+        for minor in [0, VERSION_MINOR] {
+            let e = Header::decode(&longer(minor, 64, &[])).unwrap_err();
+            assert!(e.message().contains("expected 48"), "{e}");
+            let e = Header::decode(&longer(minor, 48, b"\0\0\x01")).unwrap_err();
+            assert!(e.message().contains("padding"), "{e}");
+        }
+        Header::decode(&longer(VERSION_MINOR, 48, &[])).unwrap();
     }
 
     #[test]

@@ -5,17 +5,20 @@
 //! After a fatal error each reader is poisoned: it answers every later call with
 //! a usage error rather than continue from a torn state.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::io::Read;
 
 use crate::cursor::Cursor;
 use crate::error::{Error, Result};
-use crate::header::{Header, FIXED_LEN};
+use crate::header::{Header, FEATURE_INDEX, FEATURE_QEMU_FRAMING, FIXED_LEN};
+use crate::index::{entry_for, INDEXED_KINDS};
 use crate::limits::Limits;
 use crate::record::{
-    check_frame, framed_len, parse_end, parse_index, parse_ram_blocks, parse_record_header,
-    read_str, DeviceState, End, IndexEntry, PageBatch, RamBlock, RawRecord, RecordKind,
-    SchemaRecord, RECORD_HEADER_LEN,
+    check_description, check_frame, encode_index_entry, framed_len, parse_end, parse_index,
+    parse_index_entry, parse_ram_blocks, parse_record_header, read_str, DeviceState, End,
+    IndexEntry, PageBatch, RamBlock, RawRecord, RecordKind, SchemaRecord, RECORD_HEADER_LEN,
 };
 use crate::value::{self, NameTable, Value};
 
@@ -82,13 +85,142 @@ pub struct StreamState {
     info_at: Option<u64>,
     /// Offset of the first `device` record, once read.
     device_at: Option<u64>,
+    /// Offset of the `index` record, once read.
+    index_at: Option<u64>,
+    /// What the index must list, when the header announces one.
+    index_check: Option<IndexCheck>,
+    /// Published names, to refuse one published twice.
+    name_ids: NameIds,
+    /// Names of the RAM blocks defined so far.
+    block_names: HashSet<String>,
+}
+
+/// The entries a stream's index must hold (docs/format.md §7): one per record
+/// of the kinds its version indexes, in stream order, encoded as the index
+/// encodes them. Kept only while they fit one index record.
+#[derive(Debug)]
+struct IndexCheck {
+    /// The kinds the index lists: `device` and `pages` in format 1.0, also
+    /// `names` and `ram-blocks` from 1.1 on.
+    kinds: &'static [RecordKind],
+    /// The encoded entries, or `None` once they outgrew `cap`.
+    entries: Option<Vec<u8>>,
+    /// How many entries the index must hold.
+    count: u64,
+    /// Most bytes an index record may have.
+    cap: usize,
+}
+
+impl IndexCheck {
+    fn note(&mut self, entry: &IndexEntry) {
+        self.count += 1;
+        let Some(buf) = self.entries.as_mut() else {
+            return;
+        };
+        let at = buf.len();
+        encode_index_entry(buf, entry);
+        if buf.len() > self.cap {
+            // No index within the record size limit can list them all: a
+            // stream with an index is then refused at its index record.
+            buf.truncate(at);
+            self.entries = None;
+        }
+    }
+
+    /// Checks the `entries` of the index record against the records read.
+    fn check(&self, entries: &[IndexEntry]) -> Result<()> {
+        let Some(expected) = self.entries.as_deref() else {
+            return Err(Error::malformed(format!(
+                "the index must list {} records, more than an index record within Limits::max_record_size can hold",
+                self.count
+            )));
+        };
+        let mut want = Cursor::new(expected, 0);
+        let mut n: u64 = 0;
+        for (i, e) in entries.iter().enumerate() {
+            if !self.kinds.contains(&e.kind) {
+                continue; // kinds this version does not index are ignored
+            }
+            if want.remaining() == 0 {
+                return Err(Error::malformed(format!(
+                    "index entry {i} lists {}, but the stream has only {} records the index lists",
+                    describe(e),
+                    self.count
+                )));
+            }
+            let w = parse_index_entry(&mut want)?;
+            if w != *e {
+                return Err(Error::malformed(format!(
+                    "index entry {i} lists {}, where the stream has {}",
+                    describe(e),
+                    describe(&w)
+                )));
+            }
+            n += 1;
+        }
+        if want.remaining() > 0 {
+            let w = parse_index_entry(&mut want)?;
+            return Err(Error::malformed(format!(
+                "the index lists {n} of the stream's {} records it must list: {} is missing",
+                self.count,
+                describe(&w)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An index entry in words, for messages.
+fn describe(e: &IndexEntry) -> String {
+    format!(
+        "a {} record at offset {:#x} (block {:#x}, first {}, last {}, name {:?})",
+        e.kind.name(),
+        e.offset,
+        e.block,
+        e.first_page,
+        e.last_page,
+        e.name
+    )
+}
+
+/// The names published so far, by a hash of each, so that a name published
+/// twice is found without a second copy of every name.
+#[derive(Debug, Default)]
+struct NameIds {
+    hasher: RandomState,
+    /// Hash to the id of the first name with that hash.
+    first: HashMap<u64, u64>,
+    /// Ids of names whose hash an earlier, different name had.
+    collided: Vec<u64>,
+}
+
+impl NameIds {
+    /// The id of the published name equal to `name`, if there is one.
+    fn find(&self, name: &str, table: &NameTable) -> Option<u64> {
+        let &id = self.first.get(&self.hasher.hash_one(name))?;
+        if table.get(id) == Some(name) {
+            return Some(id);
+        }
+        self.collided
+            .iter()
+            .copied()
+            .find(|&i| table.get(i) == Some(name))
+    }
+
+    fn insert(&mut self, name: &str, id: u64) {
+        match self.first.entry(self.hasher.hash_one(name)) {
+            Entry::Vacant(v) => {
+                v.insert(id);
+            }
+            Entry::Occupied(_) => self.collided.push(id),
+        }
+    }
 }
 
 impl StreamState {
     /// State for a stream with this header (which took `header_len` bytes).
     pub fn new(header: Header, header_len: usize, limits: Limits) -> StreamState {
         StreamState {
-            header,
             limits,
             names: NameTable::new(),
             blocks: HashMap::new(),
@@ -99,6 +231,20 @@ impl StreamState {
             barrier: None,
             info_at: None,
             device_at: None,
+            index_at: None,
+            index_check: (header.optional_features & FEATURE_INDEX != 0).then(|| IndexCheck {
+                kinds: if header.version_minor == 0 {
+                    &[RecordKind::DEVICE, RecordKind::PAGES]
+                } else {
+                    &INDEXED_KINDS
+                },
+                entries: Some(Vec::new()),
+                count: 0,
+                cap: limits.max_body(RecordKind::INDEX, header.page_size) as usize,
+            }),
+            name_ids: NameIds::default(),
+            block_names: HashSet::new(),
+            header,
         }
     }
 
@@ -174,6 +320,25 @@ impl StreamState {
         let record = self
             .typed(raw)
             .map_err(|e| e.in_record(index, kind.name()))?;
+        if let Some(check) = self
+            .index_check
+            .as_mut()
+            .filter(|c| c.kinds.contains(&kind))
+        {
+            let mut read = |at: usize, buf: &mut [u8]| {
+                let src = at
+                    .checked_add(buf.len())
+                    .and_then(|end| body.get(at..end))
+                    .ok_or_else(|| Error::truncated(kind.name(), buf.len(), body.len()))?;
+                buf.copy_from_slice(src);
+                Ok(())
+            };
+            let entry = entry_for(kind, offset, body.len(), &mut read)
+                .map_err(|e| e.at_offset(offset).in_record(index, kind.name()))?;
+            if let Some(entry) = entry {
+                check.note(&entry);
+            }
+        }
         self.records += 1;
         self.offset += framed_len(len) as u64;
         Ok(Item {
@@ -185,7 +350,28 @@ impl StreamState {
         })
     }
 
+    /// The rules of a record's kind that hold before its body is parsed:
+    /// QEMU records only with QEMU framing, nothing but `end` after the index.
+    fn check_kind(&self, raw: &RawRecord<'_>) -> Result<()> {
+        let name = raw.kind.name();
+        if raw.kind.is_qemu() && self.header.optional_features & FEATURE_QEMU_FRAMING == 0 {
+            return Err(Error::malformed(format!(
+                "QEMU conversion record {:#06x} in a stream without the qemu-framing feature",
+                raw.kind.0
+            ))
+            .at_offset(raw.offset));
+        }
+        if let Some(at) = self.index_at.filter(|_| raw.kind != RecordKind::END) {
+            return Err(Error::malformed(format!(
+                "{name} record after the index record at offset {at:#x} (the index is the last record before end)"
+            ))
+            .at_offset(raw.offset));
+        }
+        Ok(())
+    }
+
     fn typed<'a>(&mut self, raw: RawRecord<'a>) -> Result<Record<'a>> {
+        self.check_kind(&raw)?;
         let base = raw.body_offset();
         let mut c = Cursor::new(raw.body, base);
         let limits = self.limits;
@@ -219,8 +405,19 @@ impl StreamState {
                 }
                 let count = c.count("name count", 1)?;
                 for _ in 0..count {
+                    let at = c.offset();
                     let name = read_str(&mut c, "name")?;
+                    if let Some(id) = self.name_ids.find(&name, &self.names) {
+                        return Err(Error::malformed(format!(
+                            "name {name:?} is published again (it has id {id}; a name is published once)"
+                        ))
+                        .at_offset(at));
+                    }
+                    let id = self.names.len() as u64;
                     self.names.push_published(name, &limits)?;
+                    if let Some(name) = self.names.get(id) {
+                        self.name_ids.insert(name, id);
+                    }
                 }
                 c.finish("names")?;
                 Record::Names { first, count }
@@ -228,7 +425,9 @@ impl StreamState {
             RecordKind::SCHEMA => {
                 let type_name = read_str(&mut c, "type name")?;
                 let version = c.u32("version")?;
+                let at = c.offset();
                 let schema = value::codec_decode_rest(&mut c, &self.names, &limits)?;
+                check_description(&schema).map_err(|e| e.at_offset(at))?;
                 Record::Schema(SchemaRecord {
                     type_name,
                     version,
@@ -252,7 +451,7 @@ impl StreamState {
                 })
             }
             RecordKind::RAM_BLOCKS => {
-                let blocks = parse_ram_blocks(&mut c, self.header.page_size)?;
+                let blocks = parse_ram_blocks(&mut c, &self.header)?;
                 let total = self.blocks.len().saturating_add(blocks.len());
                 if total > limits.max_ram_blocks as usize {
                     return Err(Error::limit(format!(
@@ -272,9 +471,20 @@ impl StreamState {
                         .at_offset(base));
                     }
                 }
+                let mut here = HashSet::new();
+                for b in &blocks {
+                    if self.block_names.contains(&b.name) || !here.insert(b.name.as_str()) {
+                        return Err(Error::malformed(format!(
+                            "RAM block name {:?} is defined twice (names are unique in a stream)",
+                            b.name
+                        ))
+                        .at_offset(base));
+                    }
+                }
                 for b in &blocks {
                     self.block_order.push(b.id);
                     self.blocks.insert(b.id, b.clone());
+                    self.block_names.insert(b.name.clone());
                 }
                 Record::RamBlocks(blocks)
             }
@@ -288,6 +498,7 @@ impl StreamState {
                     page_size,
                     limits.max_page_data(page_size),
                     limits.max_alloc,
+                    self.header.required_features,
                     &lookup,
                 )?;
                 if let Some(b) = self.barrier.filter(|&b| batch.epoch <= b) {
@@ -311,7 +522,20 @@ impl StreamState {
                 self.barrier = Some(e);
                 Record::Epoch(e)
             }
-            RecordKind::INDEX => Record::Index(parse_index(&mut c)?),
+            RecordKind::INDEX => {
+                if self.header.optional_features & FEATURE_INDEX == 0 {
+                    return Err(Error::malformed(
+                        "index record in a stream without the index feature",
+                    )
+                    .at_offset(raw.offset));
+                }
+                let entries = parse_index(&mut c)?;
+                if let Some(check) = &self.index_check {
+                    check.check(&entries).map_err(|e| e.at_offset(base))?;
+                }
+                self.index_at = Some(raw.offset);
+                Record::Index(entries)
+            }
             RecordKind::END => {
                 let end = parse_end(&mut c)?;
                 if end.records != raw.index {
@@ -321,13 +545,19 @@ impl StreamState {
                     ))
                     .at_offset(base));
                 }
-                if let Some(off) = end.index_offset {
-                    if off >= raw.offset {
-                        return Err(Error::malformed(format!(
-                            "index offset {off:#x} is not before the end record"
-                        ))
-                        .at_offset(base + 8));
-                    }
+                if end.index_offset != self.index_at {
+                    let says = end.index_offset.map_or_else(
+                        || "no index (0)".to_owned(),
+                        |o| format!("the index at {o:#x}"),
+                    );
+                    let is = self.index_at.map_or_else(
+                        || "has no index record".to_owned(),
+                        |o| format!("has its index record at {o:#x}"),
+                    );
+                    return Err(Error::malformed(format!(
+                        "end record gives {says}, but the stream {is}"
+                    ))
+                    .at_offset(base + 8));
                 }
                 self.ended = true;
                 Record::End(end)

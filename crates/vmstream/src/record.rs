@@ -11,6 +11,7 @@ use std::borrow::Cow;
 
 use crate::cursor::{put_bytes, put_varint, Cursor};
 use crate::error::{Error, Result};
+use crate::header::{Header, FEATURE_LZ4, FEATURE_ZSTD, VERSION_MINOR};
 use crate::value::Value;
 
 /// Length of a record header.
@@ -58,9 +59,15 @@ impl RecordKind {
             RecordKind::EPOCH => "epoch",
             RecordKind::INDEX => "index",
             RecordKind::END => "end",
-            k if (RecordKind::QEMU_FIRST..=RecordKind::QEMU_LAST).contains(&k) => "qemu",
+            k if k.is_qemu() => "qemu",
             _ => "unknown",
         }
+    }
+
+    /// Whether the kind is in the range of the QEMU conversion records, which
+    /// only streams with the `qemu-framing` feature carry.
+    pub fn is_qemu(self) -> bool {
+        (RecordKind::QEMU_FIRST..=RecordKind::QEMU_LAST).contains(&self)
     }
 }
 
@@ -208,6 +215,8 @@ impl RamBlock {
     pub const FLAG_READONLY: u32 = 1 << 0;
     /// The block is shared memory that a destination may already have.
     pub const FLAG_SHARED: u32 = 1 << 1;
+    /// Every flag this version defines; the other bits are reserved.
+    pub const KNOWN_FLAGS: u32 = RamBlock::FLAG_READONLY | RamBlock::FLAG_SHARED;
 }
 
 /// A schema record: a device type's shape, for readers that want to check
@@ -220,6 +229,44 @@ pub struct SchemaRecord {
     pub version: u32,
     /// The type description (see [`crate::schema`]).
     pub schema: Value,
+}
+
+/// The names a scalar type description holds (docs/format.md §4.3): the
+/// scalar types of §5.1, and `any`.
+pub const SCHEMA_SCALARS: [&str; 15] = [
+    "bool", "u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64", "f32", "f64", "bytes", "string",
+    "unit", "any",
+];
+
+/// Checks that `description` follows the grammar of type descriptions
+/// (docs/format.md §4.3); the error names the path inside it.
+pub(crate) fn check_description(description: &Value) -> Result<()> {
+    match description {
+        Value::String(t) if SCHEMA_SCALARS.contains(&t.as_str()) => Ok(()),
+        Value::String(t) => Err(Error::malformed(format!(
+            "schema names the type {t:?}, which is neither a scalar type nor \"any\""
+        ))),
+        Value::Enum(kind, payload) => match (kind.as_str(), &**payload) {
+            ("struct", Value::Struct(fields)) => fields
+                .iter()
+                .try_for_each(|(name, d)| check_description(d).map_err(|e| e.in_field(name))),
+            ("seq" | "option", d) => check_description(d).map_err(|e| e.in_field(kind)),
+            ("map", Value::Seq(kv)) if kv.len() == 2 => kv.iter().enumerate().try_for_each(|(i, d)| {
+                check_description(d)
+                    .map_err(|e| e.in_index(i))
+                    .map_err(|e| e.in_field("map"))
+            }),
+            ("enum", Value::String(any)) if any == "any" => Ok(()),
+            (kind, payload) => Err(Error::malformed(format!(
+                "schema container {kind:?} with a {} payload is not a type description (expected struct with a struct, seq or option with a description, map with a seq of two, enum with \"any\")",
+                payload.type_name()
+            ))),
+        },
+        other => Err(Error::malformed(format!(
+            "a {} is not a type description (expected a type name or a container enum)",
+            other.type_name()
+        ))),
+    }
 }
 
 /// What one entry of a page batch holds.
@@ -344,13 +391,15 @@ impl<'a> PageBatch<'a> {
 
     /// Parses a page batch body; `block_pages(id)` gives a block's size in pages.
     /// `max_raw` bounds the page data; a compressed data area is inflated into
-    /// a buffer of its own, which `max_alloc` bounds too.
+    /// a buffer of its own, which `max_alloc` bounds too. `required_features`
+    /// are the header's: a compression needs its feature bit.
     pub(crate) fn parse(
         body: &'a [u8],
         base: u64,
         page_size: u32,
         max_raw: u32,
         max_alloc: u64,
+        required_features: u64,
         block_pages: &dyn Fn(u32) -> Option<u64>,
     ) -> Result<PageBatch<'a>> {
         let mut c = Cursor::new(body, base);
@@ -358,6 +407,17 @@ impl<'a> PageBatch<'a> {
         let epoch = c.u32("epoch")?;
         let at = c.offset();
         let compression = c.u8("compression")?;
+        let feature = match compression {
+            1 => Some((FEATURE_ZSTD, "zstd")),
+            2 => Some((FEATURE_LZ4, "lz4")),
+            _ => None,
+        };
+        if let Some((bit, name)) = feature.filter(|&(bit, _)| required_features & bit == 0) {
+            return Err(Error::malformed(format!(
+                "page batch uses {name} compression, but the header lacks the required feature {name} ({bit:#x})"
+            ))
+            .at_offset(at));
+        }
         let data_pad = c.u8("data pad")?;
         if usize::from(data_pad) >= PAGES_DATA_ALIGN {
             return Err(Error::malformed(format!(
@@ -447,12 +507,13 @@ impl<'a> PageBatch<'a> {
         let stored = c.bytes(stored_len as usize, "page data")?;
         c.finish("page data")?;
         let data: Cow<'a, [u8]> = match compression {
-            // A batch of zero pages only has no data, whatever its compression.
+            // A batch of zero pages only has an empty data area, whatever its
+            // compression: no empty zstd frame or LZ4 block (docs/format.md §6.2).
             0..=2 if raw_len == 0 => {
                 if stored_len != 0 {
-                    return Err(Error::malformed(
-                        "page batch without data pages has a non-empty data area",
-                    )
+                    return Err(Error::malformed(format!(
+                        "page batch without data pages has a {stored_len}-byte data area; it must be empty (stored length 0), whatever the compression"
+                    ))
                     .at_offset(base + 16));
                 }
                 Cow::Borrowed(stored)
@@ -576,13 +637,17 @@ pub(crate) fn encode_ram_blocks(blocks: &[RamBlock]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn parse_ram_blocks(c: &mut Cursor<'_>, page_size: u32) -> Result<Vec<RamBlock>> {
+/// Parses a `ram-blocks` body, checking each block on its own (sizes, page
+/// sizes, flags); rules across blocks (unique ids and names) are the caller's.
+pub(crate) fn parse_ram_blocks(c: &mut Cursor<'_>, header: &Header) -> Result<Vec<RamBlock>> {
+    let page_size = header.page_size;
     let n = c.count("block count", 21)?;
     let mut blocks = Vec::with_capacity(n);
     for _ in 0..n {
         let at = c.offset();
         let id = c.u32("block id")?;
         let name = read_str(c, "block name")?;
+        let size_at = c.offset();
         let size = c.u64("block size")?;
         let bps = c.u32("block page size")?;
         let flags = c.u32("block flags")?;
@@ -591,6 +656,20 @@ pub(crate) fn parse_ram_blocks(c: &mut Cursor<'_>, page_size: u32) -> Result<Vec
                 "RAM block {name:?} size {size:#x} is not a multiple of the page size {page_size}"
             ))
             .at_offset(at));
+        }
+        if !bps.is_power_of_two() || !(512..=1 << 30).contains(&bps) {
+            return Err(Error::malformed(format!(
+                "RAM block {name:?} page size {bps} is not a power of two in 512..=1 GiB"
+            ))
+            .at_offset(size_at + 8));
+        }
+        // Later minor versions may define flags that readers ignore (§6.1).
+        let reserved = flags & !RamBlock::KNOWN_FLAGS;
+        if reserved != 0 && header.version_minor <= VERSION_MINOR {
+            return Err(Error::malformed(format!(
+                "RAM block {name:?} has reserved flag bits {reserved:#x} set"
+            ))
+            .at_offset(size_at + 12));
         }
         blocks.push(RamBlock {
             id,
@@ -608,28 +687,38 @@ pub(crate) fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
     let mut out = Vec::new();
     put_varint(&mut out, entries.len() as u64);
     for e in entries {
-        out.extend_from_slice(&e.kind.0.to_le_bytes());
-        out.extend_from_slice(&e.offset.to_le_bytes());
-        out.extend_from_slice(&e.block.to_le_bytes());
-        out.extend_from_slice(&e.first_page.to_le_bytes());
-        out.extend_from_slice(&e.last_page.to_le_bytes());
-        encode_str(&mut out, &e.name);
+        encode_index_entry(&mut out, e);
     }
     out
+}
+
+/// Appends one index entry (without the count in front of the list).
+pub(crate) fn encode_index_entry(out: &mut Vec<u8>, e: &IndexEntry) {
+    out.extend_from_slice(&e.kind.0.to_le_bytes());
+    out.extend_from_slice(&e.offset.to_le_bytes());
+    out.extend_from_slice(&e.block.to_le_bytes());
+    out.extend_from_slice(&e.first_page.to_le_bytes());
+    out.extend_from_slice(&e.last_page.to_le_bytes());
+    encode_str(out, &e.name);
+}
+
+/// Parses one index entry.
+pub(crate) fn parse_index_entry(c: &mut Cursor<'_>) -> Result<IndexEntry> {
+    Ok(IndexEntry {
+        kind: RecordKind(c.u16("index kind")?),
+        offset: c.u64("index offset")?,
+        block: c.u32("index block")?,
+        first_page: c.u64("index first page")?,
+        last_page: c.u64("index last page")?,
+        name: read_str(c, "index name")?,
+    })
 }
 
 pub(crate) fn parse_index(c: &mut Cursor<'_>) -> Result<Vec<IndexEntry>> {
     let n = c.count("index entry count", 31)?;
     let mut entries = Vec::with_capacity(n);
     for _ in 0..n {
-        entries.push(IndexEntry {
-            kind: RecordKind(c.u16("index kind")?),
-            offset: c.u64("index offset")?,
-            block: c.u32("index block")?,
-            first_page: c.u64("index first page")?,
-            last_page: c.u64("index last page")?,
-            name: read_str(c, "index name")?,
-        });
+        entries.push(parse_index_entry(c)?);
     }
     c.finish("index")?;
     Ok(entries)

@@ -237,8 +237,7 @@ impl<R: Read + Seek> SeekReader<R> {
                 let body_len = self.read_record(at, RecordKind::RAM_BLOCKS)?;
                 let body = &self.buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + body_len];
                 let mut c = Cursor::new(body, at + RECORD_HEADER_LEN as u64);
-                let blocks =
-                    parse_ram_blocks(&mut c, self.header.page_size).map_err(|e| e.at_offset(at))?;
+                let blocks = parse_ram_blocks(&mut c, &self.header).map_err(|e| e.at_offset(at))?;
                 for b in blocks {
                     if all.iter().any(|o| o.id == b.id) {
                         return Err(Error::malformed(format!(
@@ -305,6 +304,7 @@ impl<R: Read + Seek> SeekReader<R> {
                 page_size,
                 self.limits.max_page_data(page_size),
                 self.limits.max_alloc,
+                self.header.required_features,
                 &lookup,
             )
             .map_err(|e| e.at_offset(at))?;

@@ -523,19 +523,34 @@ fn bad_vectors() -> Vec<(&'static str, Vec<u8>, ErrorKind, &'static str)> {
         ErrorKind::Malformed,
         "data pad is not zero",
     ));
+    let zstd_header = header_with(|h| h.required_features = vmstream::header::FEATURE_ZSTD);
     v.push((
         "zstd-garbage.vms",
+        stream_of_raw(
+            zstd_header,
+            &[
+                one_block(),
+                frame(
+                    6,
+                    0,
+                    &pages_body(0, 0, &[(0, 2)], b"not zstd at all", 1, None),
+                ),
+                end_record(2),
+            ],
+        ),
+        ErrorKind::Malformed,
+        "zstd page data does not decompress",
+    ));
+    let zstd_page = zstd::bulk::compress(&[0x5a; 4096], 3).unwrap();
+    v.push((
+        "pages-compression-without-feature.vms",
         stream_of(&[
             one_block(),
-            frame(
-                6,
-                0,
-                &pages_body(0, 0, &[(0, 2)], b"not zstd at all", 1, None),
-            ),
+            frame(6, 0, &pages_body(0, 0, &[(0, 2)], &zstd_page, 1, None)),
             end_record(2),
         ]),
         ErrorKind::Malformed,
-        "zstd",
+        "uses zstd compression, but the header lacks the required feature zstd",
     ));
     v.push((
         "epoch-after-barrier.vms",
@@ -653,6 +668,105 @@ fn bad_vectors() -> Vec<(&'static str, Vec<u8>, ErrorKind, &'static str)> {
         trailing,
         ErrorKind::Malformed,
         "after the end record",
+    ));
+    // the rules format 1.1 states for 1.0 and 1.1 streams alike (docs/format.md §10.1)
+    let indexed = header_with(|h| h.optional_features = vmstream::header::FEATURE_INDEX);
+    let d0 = indexed.len() as u64;
+    let dev = unit_device("d");
+    let at = d0 + dev.len() as u64;
+    let idx = index_record(&[device_entry(d0, "d")]);
+    v.push((
+        "index-without-feature.vms",
+        stream_of(&[dev.clone(), idx.clone(), end_with_index(2, at)]),
+        ErrorKind::Malformed,
+        "index record in a stream without the index feature",
+    ));
+    v.push((
+        "record-after-index.vms",
+        stream_of_raw(
+            indexed.clone(),
+            &[
+                dev.clone(),
+                idx.clone(),
+                unit_device("e"),
+                end_with_index(3, at),
+            ],
+        ),
+        ErrorKind::Malformed,
+        "device record after the index record",
+    ));
+    v.push((
+        "end-index-offset-not-the-index.vms",
+        stream_of_raw(indexed.clone(), &[dev.clone(), idx, end_with_index(2, d0)]),
+        ErrorKind::Malformed,
+        "end record gives the index at",
+    ));
+    v.push((
+        "index-incomplete.vms",
+        stream_of_raw(
+            indexed,
+            &[
+                dev.clone(),
+                unit_device("e"),
+                index_record(&[device_entry(d0, "d")]),
+                end_with_index(3, at + unit_device("e").len() as u64),
+            ],
+        ),
+        ErrorKind::Malformed,
+        "is missing",
+    ));
+    v.push((
+        "qemu-record-without-framing.vms",
+        stream_of(&[frame(0x0104, 1, &[0; 9]), end_record(1)]),
+        ErrorKind::Malformed,
+        "without the qemu-framing feature",
+    ));
+    v.push((
+        "schema-not-a-description.vms",
+        stream_of(&[
+            frame(3, 1, b"\x01t\x01\x00\x00\x00\x0d\x08nonsense"),
+            end_record(1),
+        ]),
+        ErrorKind::Malformed,
+        "schema names the type \"nonsense\"",
+    ));
+    v.push((
+        "name-published-twice.vms",
+        stream_of(&[
+            frame(2, 0, &[0, 1, 1, b'x']),
+            frame(2, 0, &[1, 1, 1, b'x']),
+            end_record(2),
+        ]),
+        ErrorKind::Malformed,
+        "published again",
+    ));
+    let bad_block = |page_size, flags, second: &str| {
+        let b = |id: u32, name: &str| RamBlock {
+            id,
+            name: name.into(),
+            size: 4096,
+            page_size,
+            flags,
+        };
+        frame(5, 0, &blocks_body_unchecked(&[b(0, "ram"), b(1, second)]))
+    };
+    v.push((
+        "ram-block-page-size.vms",
+        stream_of(&[bad_block(3000, 0, "rom"), end_record(1)]),
+        ErrorKind::Malformed,
+        "page size 3000 is not a power of two",
+    ));
+    v.push((
+        "ram-block-name-twice.vms",
+        stream_of(&[bad_block(4096, 0, "ram"), end_record(1)]),
+        ErrorKind::Malformed,
+        "RAM block name \"ram\" is defined twice",
+    ));
+    v.push((
+        "ram-block-reserved-flag.vms",
+        stream_of(&[bad_block(4096, 1 << 8, "rom"), end_record(1)]),
+        ErrorKind::Malformed,
+        "reserved flag bits 0x100 set",
     ));
     v
 }
@@ -970,4 +1084,599 @@ fn any_data_pad_is_read() {
             "pad {pad}: {lines:?}"
         );
     }
+}
+
+// ---- rules docs/format.md 1.1 states for 1.0 and 1.1 streams alike ------------
+
+/// A header as `Header::new` makes it (format 1.1, no features), changed by `f`.
+fn header_with(f: impl FnOnce(&mut Header)) -> Vec<u8> {
+    let mut h = Header::new(StreamKind::Snapshot, Arch::X86_64, PAGE as u32);
+    f(&mut h);
+    h.encode().unwrap()
+}
+
+/// Every reader refuses `bytes` with an error of `kind` whose message holds `needle`.
+fn refused_as(bytes: &[u8], kind: ErrorKind, needle: &str) {
+    let lim = Limits::default();
+    for e in [
+        read_slice(bytes, lim).expect_err(needle),
+        read_stream(bytes, 5, lim).expect_err(needle),
+        read_push(bytes, &[3, 4096], lim).expect_err(needle),
+    ] {
+        assert_eq!(e.kind(), kind, "{e}");
+        assert!(e.message().contains(needle), "{e} lacks {needle:?}");
+        assert!(e.location().offset.is_some(), "{e}");
+    }
+}
+
+fn refused(bytes: &[u8], needle: &str) {
+    refused_as(bytes, ErrorKind::Malformed, needle);
+}
+
+/// A `device` record with a unit state, which needs no names.
+fn unit_device(name: &str) -> Vec<u8> {
+    let mut b = vec![name.len() as u8];
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0, 1, b't', 1, 0, 0, 0, 0x13]);
+    frame(4, 0, &b)
+}
+
+/// One index entry (docs/format.md §7).
+fn index_entry(kind: u16, offset: u64, block: u32, first: u64, last: u64, name: &str) -> Vec<u8> {
+    let mut b = kind.to_le_bytes().to_vec();
+    b.extend_from_slice(&offset.to_le_bytes());
+    b.extend_from_slice(&block.to_le_bytes());
+    b.extend_from_slice(&first.to_le_bytes());
+    b.extend_from_slice(&last.to_le_bytes());
+    b.push(name.len() as u8);
+    b.extend_from_slice(name.as_bytes());
+    b
+}
+
+fn index_record(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = vec![entries.len() as u8];
+    for e in entries {
+        b.extend_from_slice(e);
+    }
+    frame(8, 1, &b)
+}
+
+fn end_with_index(records: u64, index_offset: u64) -> Vec<u8> {
+    let mut body = records.to_le_bytes().to_vec();
+    body.extend_from_slice(&index_offset.to_le_bytes());
+    frame(0xff, 0, &body)
+}
+
+fn device_entry(offset: u64, name: &str) -> Vec<u8> {
+    index_entry(4, offset, u32::MAX, 0, 0, name)
+}
+
+/// A header of format 1.`minor` with writer "w" whose `header_len` is `len`, the
+/// bytes after the writer string being `trailing` (zero-filled to fit).
+fn long_header(minor: u16, len: usize, trailing: &[u8]) -> Vec<u8> {
+    let mut h = header_with(|h| {
+        h.version_minor = minor;
+        h.writer = "w".into();
+    });
+    h.truncate(41);
+    h[12..16].copy_from_slice(&(len as u32).to_le_bytes());
+    h.extend_from_slice(trailing);
+    h.resize(len - 4, 0);
+    let crc = vmstream_testkit::crc32c(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// §2: a later minor version may make the header longer (trailing fields that
+/// readers skip); up to 1.1 the header is exactly the writer string and padding;
+/// the bound of 4096 and the minimum hold in every version.
+#[test]
+fn headers_of_later_minor_versions_may_be_longer() {
+    let records = [unit_device("d"), end_record(1)];
+    for len in [64, 4096] {
+        let s = stream_of_raw(long_header(2, len, b"trailing fields"), &records);
+        let got = all_readers_agree(&s);
+        assert!(
+            got[0].starts_with(&format!("#0 @{len:#x} device d")),
+            "{got:?}"
+        );
+        let r = SliceReader::new(&s, Limits::default()).unwrap();
+        assert_eq!(r.state().header().version_minor, 2);
+        assert_eq!(r.state().header().writer, "w");
+    }
+    for minor in [0, 1] {
+        let s = stream_of_raw(long_header(minor, 64, &[]), &records);
+        refused(&s, "does not fit a writer string of 1 bytes (expected 48)");
+    }
+    let s = stream_of_raw(long_header(1, 48, b"\0\0\x01"), &records);
+    refused(&s, "header padding is not zero");
+    let s = stream_of_raw(long_header(2, 4104, &[]), &records);
+    refused(&s, "in 48..=4096");
+    // a 1.2 header shorter than its writer string needs: cut, with a right CRC
+    let mut short = header_with(|h| {
+        h.version_minor = 2;
+        h.writer = "twelve chars".into();
+    });
+    short.truncate(44);
+    short[12..16].copy_from_slice(&48u32.to_le_bytes());
+    let crc = vmstream_testkit::crc32c(&short);
+    short.extend_from_slice(&crc.to_le_bytes());
+    refused(&stream_of_raw(short, &records), "expected at least 56");
+}
+
+/// §2: unknown arch and kind values read in a stream of any minor version; the
+/// writer string must be UTF-8.
+#[test]
+fn informational_header_fields() {
+    for minor in [0, 1, 7] {
+        let h = header_with(|h| {
+            h.version_minor = minor;
+            h.arch = Arch::Other(0x1234);
+            h.kind = StreamKind::Other(0xfe);
+        });
+        let s = stream_of_raw(h, &[end_record(0)]);
+        all_readers_agree(&s);
+        let r = SliceReader::new(&s, Limits::default()).unwrap();
+        assert_eq!(r.state().header().arch, Arch::Other(0x1234));
+    }
+    let mut h = header_with(|h| h.writer = "ab".into());
+    h[41] = 0xff;
+    let n = h.len() - 4;
+    let crc = vmstream_testkit::crc32c(&h[..n]);
+    h[n..].copy_from_slice(&crc.to_le_bytes());
+    refused(
+        &stream_of_raw(h, &[end_record(0)]),
+        "writer string is not UTF-8",
+    );
+}
+
+/// §2.1, §6.2: a compression needs its required feature bit, also in a batch
+/// without data pages, whose data area is empty whatever its compression.
+#[test]
+fn compression_needs_its_feature_bit() {
+    let zero_only = |compression| frame(6, 0, &pages_body(0, 0, &[(0, 1)], &[], compression, None));
+    let with = |features| header_with(|h| h.required_features = features);
+    use vmstream::header::{FEATURE_LZ4, FEATURE_ZSTD};
+    for (c, bit, name) in [(1, FEATURE_ZSTD, "zstd"), (2, FEATURE_LZ4, "lz4")] {
+        let records = [one_block(), zero_only(c), end_record(2)];
+        all_readers_agree(&stream_of_raw(with(bit), &records));
+        let other = FEATURE_ZSTD ^ FEATURE_LZ4 ^ bit;
+        for features in [0, other] {
+            refused(
+                &stream_of_raw(with(features), &records),
+                &format!("lacks the required feature {name}"),
+            );
+        }
+    }
+    // an empty zstd frame where the data area must be empty
+    let empty_frame = zstd::bulk::compress(&[], 1).unwrap();
+    let mut body = pages_body(0, 0, &[(0, 1)], &empty_frame, 1, None);
+    body[20..24].copy_from_slice(&0u32.to_le_bytes());
+    let s = stream_of_raw(
+        with(FEATURE_ZSTD),
+        &[one_block(), frame(6, 0, &body), end_record(2)],
+    );
+    refused(&s, "must be empty (stored length 0)");
+    // what the writer makes of zero pages under compression reads back
+    for c in [Compression::Zstd(1), Compression::Lz4] {
+        let mut w = StreamWriter::new(
+            Vec::new(),
+            Header::new(StreamKind::Snapshot, Arch::X86_64, 4096),
+            WriterOptions::default().with_compression(c),
+        )
+        .unwrap();
+        w.write_ram_blocks(&[RamBlock {
+            id: 0,
+            name: "ram".into(),
+            size: 4 * 4096,
+            page_size: 4096,
+            flags: 0,
+        }])
+        .unwrap();
+        w.write_page(0, 0, 1, &[0; 4096]).unwrap();
+        let got = all_readers_agree(&w.finish().unwrap());
+        assert!(got[1].contains("pages 0 e0 [1:0]"), "{got:?}");
+    }
+}
+
+/// §2.1, §7, §8: an index needs the index bit, is alone, right before `end`,
+/// where `end` says, and lists exactly the records it must.
+#[test]
+fn the_index_is_checked_against_the_records() {
+    use vmstream::header::FEATURE_INDEX;
+    let h = header_with(|h| h.optional_features = FEATURE_INDEX);
+    let d0 = h.len() as u64;
+    let dev = unit_device("d");
+    let at = d0 + dev.len() as u64;
+    let stream = |h: &[u8], records: &[Vec<u8>]| stream_of_raw(h.to_vec(), records);
+    let good = [
+        dev.clone(),
+        index_record(&[device_entry(d0, "d")]),
+        end_with_index(2, at),
+    ];
+    let lines = all_readers_agree(&stream(&h, &good));
+    assert!(lines[1].contains("index"), "{lines:?}");
+    // entries of kinds the reader does not know are ignored
+    let unknown = index_entry(0x77, 1 << 40, 9, 9, 9, "x");
+    all_readers_agree(&stream(
+        &h,
+        &[
+            dev.clone(),
+            index_record(&[unknown.clone(), device_entry(d0, "d"), unknown]),
+            end_with_index(2, at),
+        ],
+    ));
+    // the bit may be set without an index
+    all_readers_agree(&stream(&h, &[dev.clone(), end_record(1)]));
+
+    refused(
+        &stream(&header_bytes(), &good),
+        "index record in a stream without the index feature",
+    );
+    let idx = index_record(&[device_entry(d0, "d")]);
+    refused(
+        &stream(
+            &h,
+            &[
+                dev.clone(),
+                idx.clone(),
+                unit_device("e"),
+                end_with_index(3, at),
+            ],
+        ),
+        "device record after the index record",
+    );
+    refused(
+        &stream(
+            &h,
+            &[dev.clone(), idx.clone(), idx.clone(), end_with_index(3, at)],
+        ),
+        "index record after the index record",
+    );
+    refused(
+        &stream(&h, &[dev.clone(), idx.clone(), end_with_index(2, 0)]),
+        "end record gives no index (0), but the stream has its index record at",
+    );
+    refused(
+        &stream(&h, &[dev.clone(), idx.clone(), end_with_index(2, d0)]),
+        &format!(
+            "end record gives the index at {d0:#x}, but the stream has its index record at {at:#x}"
+        ),
+    );
+    refused(
+        &stream(&h, &[dev.clone(), end_with_index(1, d0)]),
+        "but the stream has no index record",
+    );
+    for (entries, needle) in [
+        (
+            vec![],
+            "the index lists 0 of the stream's 1 records it must list",
+        ),
+        (
+            vec![device_entry(d0, "x")],
+            "index entry 0 lists a device record",
+        ),
+        (
+            vec![device_entry(d0 + 8, "d")],
+            "index entry 0 lists a device record",
+        ),
+        (
+            vec![index_entry(4, d0, 0, 0, 0, "d")],
+            "where the stream has a device record",
+        ),
+        (
+            vec![device_entry(d0, "d"), device_entry(d0, "d")],
+            "index entry 1 lists a device record",
+        ),
+    ] {
+        refused(
+            &stream(
+                &h,
+                &[dev.clone(), index_record(&entries), end_with_index(2, at)],
+            ),
+            needle,
+        );
+    }
+    // format 1.0 indexes list devices and pages only; 1.1 also names and ram-blocks
+    let names = frame(2, 0, &[0, 1, 1, b'a']);
+    let dev_at = d0 + names.len() as u64;
+    let at = dev_at + dev.len() as u64;
+    let records = [
+        names,
+        dev.clone(),
+        index_record(&[device_entry(dev_at, "d")]),
+        end_with_index(3, at),
+    ];
+    let h10 = header_with(|h| {
+        h.optional_features = FEATURE_INDEX;
+        h.version_minor = 0;
+    });
+    all_readers_agree(&stream(&h10, &records));
+    refused(&stream(&h, &records), "a names record at offset");
+}
+
+/// §5.3: checking the index costs at most one index record's worth of entries;
+/// past that a stream can have no complete index. The writer leaves such an
+/// index out, and its stream reads.
+#[test]
+fn index_check_is_bounded_by_the_record_limit() {
+    use vmstream::header::FEATURE_INDEX;
+    let limits = Limits::default().with_max_record_size(256);
+    let h = header_with(|h| h.optional_features = FEATURE_INDEX);
+    let mut records = Vec::new();
+    let mut at = h.len() as u64;
+    let name = "n".repeat(40);
+    for _ in 0..4 {
+        let d = unit_device(&name);
+        at += d.len() as u64;
+        records.push(d);
+    }
+    records.push(index_record(&[]));
+    records.push(end_with_index(5, at));
+    let s = stream_of_raw(h, &records);
+    for e in [
+        read_slice(&s, limits).unwrap_err(),
+        read_push(&s, &[7], limits).unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Malformed, "{e}");
+        assert!(e.message().contains("more than an index record"), "{e}");
+    }
+    let mut w = StreamWriter::new(
+        Vec::new(),
+        Header::new(StreamKind::Snapshot, Arch::X86_64, 4096),
+        WriterOptions::default().with_limits(limits),
+    )
+    .unwrap();
+    for i in 0..8 {
+        w.write_device(&vmstream::DeviceState {
+            name: format!("{name}{i}"),
+            instance_id: 0,
+            type_name: "t".into(),
+            version: 1,
+            value: Value::Unit,
+        })
+        .unwrap();
+    }
+    let bytes = w.finish().unwrap();
+    assert_eq!(
+        read_slice(&bytes, limits).unwrap().len(),
+        9,
+        "no index, an end"
+    );
+}
+
+/// §2.1: QEMU conversion records only in streams with qemu-framing.
+#[test]
+fn qemu_records_need_qemu_framing() {
+    use vmstream::header::FEATURE_QEMU_FRAMING;
+    let records = [frame(0x0105, 1, &[]), end_record(1)];
+    refused(
+        &stream_of(&records),
+        "QEMU conversion record 0x0105 in a stream without the qemu-framing feature",
+    );
+    let h = header_with(|h| h.optional_features = FEATURE_QEMU_FRAMING);
+    let got = all_readers_agree(&stream_of_raw(h, &records));
+    assert!(got[0].contains("other 0x105"), "{got:?}");
+    // other unknown optional kinds need no feature
+    all_readers_agree(&stream_of(&[frame(0x0200, 1, &[]), end_record(1)]));
+}
+
+/// §3: a reader reads the kinds it knows whatever their OPTIONAL bit says.
+#[test]
+fn known_kinds_read_whatever_their_optional_flag() {
+    let with_flags = |mut rec: Vec<u8>, flags: u16| {
+        rec[2..4].copy_from_slice(&flags.to_le_bytes());
+        let n = rec.len() - 4;
+        let crc = vmstream_testkit::crc32c(&rec[..n]);
+        rec[n..].copy_from_slice(&crc.to_le_bytes());
+        rec
+    };
+    let schema = frame(3, 0, &[1, b't', 1, 0, 0, 0, 0x0d, 2, b'u', b'8']);
+    let got = all_readers_agree(&stream_of(&[
+        with_flags(unit_device("d"), 1),
+        schema,
+        with_flags(end_record(2), 1),
+    ]));
+    assert!(
+        got[0].contains("device d") && got[1].contains("schema t"),
+        "{got:?}"
+    );
+}
+
+/// §5.2: a name is published once.
+#[test]
+fn names_are_published_once() {
+    all_readers_agree(&stream_of(&[
+        frame(2, 0, &[0, 2, 1, b'a', 1, b'b']),
+        frame(2, 0, &[2, 0]),
+        frame(2, 0, &[2, 1, 1, b'c']),
+        end_record(3),
+    ]));
+    refused(
+        &stream_of(&[frame(2, 0, &[0, 2, 1, b'a', 1, b'a']), end_record(1)]),
+        "name \"a\" is published again (it has id 0",
+    );
+    refused(
+        &stream_of(&[
+            frame(2, 0, &[0, 2, 1, b'a', 1, b'b']),
+            frame(2, 0, &[2, 2, 1, b'c', 1, b'b']),
+            end_record(2),
+        ]),
+        "name \"b\" is published again (it has id 1",
+    );
+    // many names: first id 0, 1024 names, then one of them again
+    let mut body = vec![0, 0x80, 0x08];
+    for i in 0..1024u32 {
+        let s = format!("{i}");
+        body.push(s.len() as u8);
+        body.extend_from_slice(s.as_bytes());
+    }
+    all_readers_agree(&stream_of(&[frame(2, 0, &body), end_record(1)]));
+    body.extend_from_slice(&[3, b'5', b'1', b'2']);
+    body[1..3].copy_from_slice(&[0x81, 0x08]);
+    refused(
+        &stream_of(&[frame(2, 0, &body), end_record(1)]),
+        "name \"512\" is published again (it has id 512",
+    );
+}
+
+/// §4.3: a schema description follows the grammar; a reader that decodes
+/// schemas refuses one that does not.
+#[test]
+fn schema_descriptions_follow_the_grammar() {
+    // names: 0 struct, 1 seq, 2 map, 3 enum, 4 option, 5 a, 6 tuple
+    let names = frame(
+        2,
+        0,
+        b"\x00\x07\x06struct\x03seq\x03map\x04enum\x06option\x01a\x05tuple",
+    );
+    let schema = |desc: &[u8]| {
+        let mut b = vec![1, b't', 1, 0, 0, 0];
+        b.extend_from_slice(desc);
+        frame(3, 1, &b)
+    };
+    let string = |s: &str| {
+        let mut b = vec![0x0d, s.len() as u8];
+        b.extend_from_slice(s.as_bytes());
+        b
+    };
+    let en = |variant: u8, payload: &[u8]| [&[0x12, variant][..], payload].concat();
+    for scalar in vmstream::record::SCHEMA_SCALARS {
+        all_readers_agree(&stream_of(&[
+            names.clone(),
+            schema(&string(scalar)),
+            end_record(2),
+        ]));
+    }
+    let u8_ = string("u8");
+    let good = [
+        en(0, &[&[0x0f, 1, 5][..], &u8_].concat()),
+        en(1, &en(4, &u8_)),
+        en(2, &[&[0x0e, 2][..], &u8_, &string("any")].concat()),
+        en(3, &string("any")),
+        en(0, &[0x0f, 0]),
+    ];
+    for desc in &good {
+        all_readers_agree(&stream_of(&[names.clone(), schema(desc), end_record(2)]));
+    }
+    let bad: [(Vec<u8>, &str); 8] = [
+        (string("nonsense"), "schema names the type \"nonsense\""),
+        (string("option"), "schema names the type \"option\""),
+        (vec![0x02, 1], "a u8 is not a type description"),
+        (
+            en(2, &[&[0x0e, 1][..], &u8_].concat()),
+            "\"map\" with a seq payload",
+        ),
+        (en(3, &u8_), "\"enum\" with a string payload"),
+        (
+            en(0, &[&[0x0e, 1][..], &u8_].concat()),
+            "\"struct\" with a seq payload",
+        ),
+        (en(6, &u8_), "\"tuple\" with a string payload"),
+        (
+            en(0, &[&[0x0f, 1, 5][..], &en(1, &string("u128"))].concat()),
+            "\"u128\"",
+        ),
+    ];
+    for (desc, needle) in bad {
+        refused(
+            &stream_of(&[names.clone(), schema(&desc), end_record(2)]),
+            needle,
+        );
+    }
+    let e = read_slice(
+        &stream_of(&[
+            names.clone(),
+            schema(&en(
+                0,
+                &[&[0x0f, 1, 5][..], &en(1, &string("u128"))].concat(),
+            )),
+            end_record(2),
+        ]),
+        Limits::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.location().field.as_deref(), Some("a.seq"), "{e}");
+}
+
+/// §6.1: block names are unique, block page sizes are powers of two in
+/// 512..=1 GiB, sizes may be 0, reserved flags are zero up to 1.1 and ignored
+/// in later minor versions.
+#[test]
+fn ram_block_rules() {
+    let block = |id: u32, name: &str, size: u64, page_size: u32, flags: u32| RamBlock {
+        id,
+        name: name.into(),
+        size,
+        page_size,
+        flags,
+    };
+    let blocks = |b: &[RamBlock]| frame(5, 0, &blocks_body_unchecked(b));
+    all_readers_agree(&stream_of(&[
+        blocks(&[
+            block(0, "", 0, 512, 0),
+            block(1, "huge", 3 * 4096, 1 << 30, 3),
+            block(2, "small", 4096, 1024, 0),
+        ]),
+        end_record(1),
+    ]));
+    for bad in [0, 256, 3000, 1 << 31] {
+        refused(
+            &stream_of(&[blocks(&[block(0, "ram", 4096, bad, 0)]), end_record(1)]),
+            &format!("page size {bad} is not a power of two"),
+        );
+    }
+    refused(
+        &stream_of(&[
+            blocks(&[
+                block(0, "ram", 4096, 4096, 0),
+                block(1, "ram", 4096, 4096, 0),
+            ]),
+            end_record(1),
+        ]),
+        "RAM block name \"ram\" is defined twice",
+    );
+    refused(
+        &stream_of(&[
+            blocks(&[block(0, "ram", 4096, 4096, 0)]),
+            blocks(&[block(1, "ram", 4096, 4096, 0)]),
+            end_record(2),
+        ]),
+        "RAM block name \"ram\" is defined twice",
+    );
+    let flagged = [
+        blocks(&[block(0, "ram", 4096, 4096, 1 << 5 | 1)]),
+        end_record(1),
+    ];
+    for minor in [0, 1] {
+        refused(
+            &stream_of_raw(header_with(|h| h.version_minor = minor), &flagged),
+            "reserved flag bits 0x20 set",
+        );
+    }
+    let s = stream_of_raw(header_with(|h| h.version_minor = 2), &flagged);
+    all_readers_agree(&s);
+    let mut r = SliceReader::new(&s, Limits::default()).unwrap();
+    r.next().unwrap();
+    assert_eq!(
+        r.state().block(0).unwrap().flags,
+        1 << 5 | 1,
+        "kept as read"
+    );
+}
+
+/// §5.3: depth counts containers, an empty one as 1; 128 is read, 129 is not.
+#[test]
+fn value_depth_counts_containers() {
+    let info = |somes: usize| {
+        let mut v = vec![0x11; somes];
+        v.extend_from_slice(&[0x0e, 0]); // an empty seq: depth 1
+        frame(1, 0, &v)
+    };
+    all_readers_agree(&stream_of(&[info(127), end_record(1)]));
+    refused_as(
+        &stream_of(&[info(128), end_record(1)]),
+        ErrorKind::LimitExceeded,
+        "nests deeper than Limits::max_depth",
+    );
 }

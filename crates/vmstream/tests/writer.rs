@@ -182,8 +182,9 @@ fn arb_op() -> impl Strategy<Value = Op> {
             .prop_map(|(b, e, f, st, n, s)| Op::Pages(b, e, f, st, n, s)),
         1 => Just(Op::Flush),
         2 => epoch.prop_map(Op::Epoch),
-        // Extensions are optional (a mandatory one ends what a reader reads).
-        1 => (prop_oneof![Just(4u16), Just(0x4242), Just(0x100)],
+        // Extensions are optional (a mandatory one ends what a reader reads);
+        // kinds 0x0100..=0x01ff only go in streams with qemu-framing.
+        1 => (prop_oneof![Just(4u16), Just(0x4242), Just(0x300)],
               proptest::collection::vec(any::<u8>(), 0..40))
             .prop_map(|(k, b)| Op::Raw(k, true, b)),
     ]
