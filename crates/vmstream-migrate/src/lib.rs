@@ -8,6 +8,7 @@
 pub mod control;
 pub mod destination;
 pub mod link;
+mod out;
 pub mod proto;
 pub mod qmp;
 pub mod source;

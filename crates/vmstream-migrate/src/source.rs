@@ -19,6 +19,7 @@ use vmstream::{
 };
 
 use crate::link::{Cancel, Connections, Counted, Link, Shared};
+use crate::out::Out;
 use crate::proto::{self, Accept, Control, DeviceOffer, Digests, Features, Hello, RegionInfo};
 use crate::stats::{Stats, Status};
 use crate::vm::{DirtyBitmap, Vm};
@@ -143,7 +144,7 @@ struct Ctx<'a> {
 
 /// Sends the chunks of `queue` on `w` as epoch `epoch`, then the barrier.
 fn send_round<W: Write>(
-    w: &mut StreamWriter<W>,
+    w: &mut Out<W>,
     ctx: &Ctx<'_>,
     queue: &Mutex<VecDeque<Chunk>>,
     epoch: u32,
@@ -173,22 +174,24 @@ fn send_round<W: Write>(
             .read(c.region, c.first * page_size, data)
             .map_err(|e| Error::vm(format!("reading region {}: {e}", c.region)))?;
         limit.take(bytes as u64);
-        let (mut normal, mut zero) = (0, 0);
-        for (i, page) in data.chunks_exact(page_size as usize).enumerate() {
-            let index = c.first + i as u64;
-            if vmstream::write::is_zero(page) {
-                w.write_zero_page(c.region, epoch, index)?;
-                zero += 1;
-            } else {
-                w.write_page(c.region, epoch, index, page)?;
-                normal += 1;
-            }
-        }
-        stats.counters.normal.fetch_add(normal, Ordering::Relaxed);
+        let pages: Vec<(u64, &[u8])> = data
+            .chunks_exact(page_size as usize)
+            .enumerate()
+            .map(|(i, page)| (c.first + i as u64, page as &[u8]))
+            .collect();
+        // Zero pages go as zero entries (the encoder elides their data).
+        let zero = pages
+            .iter()
+            .filter(|(_, p)| vmstream::write::is_zero(p))
+            .count() as u64;
+        w.pages(c.region, epoch, &pages)?;
+        stats
+            .counters
+            .normal
+            .fetch_add(c.count - zero, Ordering::Relaxed);
         stats.counters.duplicate.fetch_add(zero, Ordering::Relaxed);
     }
-    w.write_epoch(epoch)?;
-    Ok(())
+    w.epoch(epoch)
 }
 
 enum Job {
@@ -268,6 +271,7 @@ pub(crate) fn read_control<R: std::io::Read>(r: &mut StreamReader<R>) -> Result<
     }
 }
 
+/// Sends a control message on a [`StreamWriter`] (the destination's answers).
 pub(crate) fn write_control<W: Write>(w: &mut StreamWriter<W>, msg: &Control) -> Result<(), Error> {
     w.write_raw_record(proto::CONTROL, true, &msg.encode())?;
     Ok(())
@@ -367,7 +371,7 @@ fn run(
     // Main's stream is opened before negotiation, so pages that travel on it
     // (no data channels) are not compressed.
     let (w, r) = Shared::new(conns.main);
-    let mut main = StreamWriter::new(
+    let mut main = Out::new(
         Counted(w, counter.transferred.clone()),
         header(vm, params),
         WriterOptions::default().with_index(false),
@@ -414,7 +418,7 @@ fn run(
         },
         devices,
     };
-    write_control(&mut main, &Control::Hello(hello))?;
+    main.control(&Control::Hello(hello))?;
     // One-way: nobody answers; the stream carries the base protocol and the
     // versions this build saves, and the reader checks them against its own.
     let mut back = if one_way {
@@ -438,17 +442,17 @@ fn run(
             )))
         }
     };
-    main.write_info(&vmstream::to_value(&accept)?)?;
+    main.info(&vmstream::to_value(&accept)?)?;
     let blocks = ram_blocks(vm);
-    main.write_ram_blocks(&blocks)?;
-    let mut data: Vec<StreamWriter<Counted<Box<dyn Link>>>> = Vec::new();
+    main.ram_blocks(&blocks)?;
+    let mut data: Vec<Out<Counted<Box<dyn Link>>>> = Vec::new();
     for c in conns.data {
-        let mut w = StreamWriter::new(
+        let mut w = Out::new(
             Counted(c, counter.transferred.clone()),
             header(vm, params),
             options(&accept),
         )?;
-        w.write_ram_blocks(&blocks)?;
+        w.ram_blocks(&blocks)?;
         data.push(w);
     }
     stats.update(|s| s.setup_time_ms = start.elapsed().as_millis() as u64);
@@ -485,7 +489,7 @@ fn run(
                     let r = match job {
                         Job::Round(e, q) => send_round(&mut w, ctx, &q, e),
                         Job::Finish => {
-                            let r = w.finish().map(|_| ()).map_err(Error::from);
+                            let r = w.finish();
                             let _ = done.send(r);
                             return;
                         }
@@ -520,7 +524,7 @@ fn run(
             }
             first.map_or(Ok(()), Err)
         };
-        let send = |main: &mut StreamWriter<_>,
+        let send = |main: &mut Out<_>,
                     epoch: u32,
                     dirty: &BTreeMap<u32, DirtyBitmap>|
          -> Result<(), Error> {
@@ -533,7 +537,7 @@ fn run(
                         .map_err(|_| Error::internal("channel thread gone"))?;
                 }
                 wait_all(jobs.len())?;
-                main.write_epoch(epoch)?;
+                main.epoch(epoch)?;
             }
             Ok(())
         };
@@ -626,7 +630,7 @@ fn run(
                 digests
                     .devices
                     .insert(d.name().to_owned(), device_digest(&v));
-                main.write_device(&vmstream::DeviceState {
+                main.device(&vmstream::DeviceState {
                     name: d.name().to_owned(),
                     instance_id: 0,
                     type_name: d.type_name().to_owned(),
@@ -635,7 +639,7 @@ fn run(
                 })?;
             }
         }
-        write_control(&mut main, &Control::Complete(digests))?;
+        main.control(&Control::Complete(digests))?;
         let Some(back) = back.as_mut() else {
             // One-way: the stream is complete; the VM stays paused here, as
             // QEMU's does after a migration to a file.
@@ -656,7 +660,7 @@ fn run(
         }
         // The point of no return.
         *committed = true;
-        write_control(&mut main, &Control::Go)?;
+        main.control(&Control::Go)?;
         main.finish()?;
         match read_control(back)? {
             Control::Done => {}
