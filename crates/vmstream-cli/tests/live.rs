@@ -584,6 +584,48 @@ fn unix_uri_and_channels_with_2_and_4_data_channels_and_autostart() {
 // Rounds
 
 #[test]
+fn exec_and_file_channels_carry_a_snapshot_that_restores() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let mut a = Guest::source(d, "a");
+    let snap = d.join("snap.vms");
+    // One-way out through a child process (argv, no shell of ours).
+    a.cmd(
+        "migrate",
+        json!({"channels": [{"channel-type": "main", "addr": {
+            "transport": "exec",
+            "args": ["sh", "-c", format!("cat > '{}'", snap.display())],
+        }}]}),
+    );
+    let info = a.wait_end();
+    assert_eq!(info["status"], "completed", "{info}\n{}", a.log());
+    assert_eq!(a.run_state(), "postmigrate");
+    // The snapshot is an ordinary vmstream file.
+    let verify = Command::new(env!("CARGO_BIN_EXE_vmstream"))
+        .arg("verify")
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    // One-way in from the file, into a paused guest.
+    let mut b = Guest::destination(d, "b");
+    b.cmd(
+        "migrate-incoming",
+        json!({"uri": format!("file:{}", snap.display())}),
+    );
+    let dinfo = b.wait_end();
+    assert_eq!(dinfo["status"], "completed", "{dinfo}\n{}", b.log());
+    let (x, y) = (a.guest(), b.guest());
+    assert_eq!(x["memory-crc32c"], y["memory-crc32c"], "memory differs");
+    assert_eq!(x["devices"], y["devices"]);
+    assert_eq!(x["counter"], y["counter"]);
+    b.cmd("cont", Value::Null);
+    b.assert_advancing();
+    b.quit();
+    a.quit();
+}
+
+#[test]
 fn a_dirtying_guest_needs_several_rounds() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
