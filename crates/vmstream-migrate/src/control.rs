@@ -195,8 +195,12 @@ impl Controller {
         st.caps.iter().any(|s| s.capability == c && s.state)
     }
 
-    fn new_stats(&self) -> Stats {
-        let events = self.events.lock().ok().and_then(|e| e.clone());
+    /// Statistics for a new job; with the `events` capability on, each status
+    /// change is a `MIGRATION` event (as in QEMU, only then).
+    fn new_stats(&self, events_on: bool) -> Stats {
+        let events = events_on
+            .then(|| self.events.lock().ok().and_then(|e| e.clone()))
+            .flatten();
         Stats::with_listener(move |s| {
             if let Some(e) = &events {
                 e.emit_migration(status(s));
@@ -220,7 +224,7 @@ impl Controller {
                 return Err(QmpError::generic("There's a migration process in progress"));
             }
         }
-        let stats = self.new_stats();
+        let stats = self.new_stats(Controller::cap(&st, MigrationCapability::Events));
         stats.update(|s| s.status = Some(Status::Setup));
         let cancel = Cancel::new();
         if let Some(l) = listener {
