@@ -31,6 +31,8 @@ const DECODE_LAYOUT: u64 = 1;
 const BATCH_OVERHEAD: u64 = 24 + 63;
 
 /// One RAM block's output file and which pages hold data written so far.
+/// The file holds the block's pages `base .. base + pages` (all of them, but
+/// for `extract --range`); pages outside are passed over.
 struct BlockFile {
     block: RamBlock,
     file_name: String,
