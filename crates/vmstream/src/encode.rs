@@ -12,13 +12,13 @@ use std::collections::{HashMap, HashSet};
 
 use crate::crc::Crc32c;
 use crate::error::{Error, Result};
-use crate::header::{Header, FEATURE_INDEX, FEATURE_LZ4, FEATURE_ZSTD};
+use crate::header::{Header, FEATURE_INDEX, FEATURE_LZ4, FEATURE_QEMU_FRAMING, FEATURE_ZSTD};
 use crate::index::IndexBuilder;
 use crate::limits::Limits;
 use crate::record::{
-    encode_end, encode_names, encode_ram_blocks, encode_str, frame_into, padded_body_len,
-    Compression, DeviceState, End, PageKind, RamBlock, RecordKind, SchemaRecord, FLAG_OPTIONAL,
-    MAX_BATCH_PAGES, PAGES_DATA_ALIGN, PAGES_FIXED_LEN, RECORD_HEADER_LEN,
+    check_description, encode_end, encode_names, encode_ram_blocks, encode_str, frame_into,
+    padded_body_len, Compression, DeviceState, End, PageKind, RamBlock, RecordKind, SchemaRecord,
+    FLAG_OPTIONAL, MAX_BATCH_PAGES, PAGES_DATA_ALIGN, PAGES_FIXED_LEN, RECORD_HEADER_LEN,
 };
 use crate::value::{encode, NameTable, Value};
 use crate::write::{is_zero, WriterOptions};
@@ -48,8 +48,9 @@ pub struct FrameEncoder {
     names: NameTable,
     /// What the published names cost a reader (`Limits::max_alloc`).
     names_cost: u64,
-    /// Defined blocks: id → pages.
+    /// Defined blocks: id → pages, and their names.
     blocks: HashMap<u32, u64>,
+    block_names: HashSet<String>,
     barrier: Option<u32>,
     pending: PendingBatch,
     /// Value bodies, and page data gathered for compression.
@@ -281,6 +282,7 @@ impl FrameEncoder {
             names: NameTable::new(),
             names_cost: 0,
             blocks: HashMap::new(),
+            block_names: HashSet::new(),
             barrier: None,
             pending: PendingBatch::default(),
             scratch: Vec::new(),
@@ -369,10 +371,19 @@ impl FrameEncoder {
         Ok(self.frames(&[]))
     }
 
-    /// Encodes a schema record.
+    /// Encodes a schema record; its description must follow the grammar of
+    /// docs/format.md §4.3 ([`crate::schema::of`] makes one).
     pub fn schema(&mut self, schema: &SchemaRecord) -> Result<Frames<'_>> {
         self.begin()?;
         check_value(&schema.schema, &self.options.limits)?;
+        check_description(&schema.schema).map_err(|e| {
+            let refused =
+                Error::usage(format!("schema of {:?}: {}", schema.type_name, e.message()));
+            match &e.location().field {
+                Some(path) => refused.in_field(path),
+                None => refused,
+            }
+        })?;
         self.scratch.clear();
         encode_str(&mut self.scratch, &schema.type_name);
         self.scratch
@@ -434,15 +445,36 @@ impl FrameEncoder {
         self.begin()?;
         let ps = u64::from(self.header.page_size);
         // Check the whole list first: a refused call defines nothing.
-        for (i, b) in blocks.iter().enumerate() {
+        let mut ids = HashSet::new();
+        let mut names = HashSet::new();
+        for b in blocks {
             if b.size % ps != 0 {
                 return Err(Error::usage(format!(
                     "RAM block {:?} size {} is not a multiple of the page size",
                     b.name, b.size
                 )));
             }
-            if self.blocks.contains_key(&b.id) || blocks[..i].iter().any(|o| o.id == b.id) {
+            if self.blocks.contains_key(&b.id) || !ids.insert(b.id) {
                 return Err(Error::usage(format!("RAM block id {} defined twice", b.id)));
+            }
+            if self.block_names.contains(&b.name) || !names.insert(b.name.as_str()) {
+                return Err(Error::usage(format!(
+                    "RAM block name {:?} defined twice",
+                    b.name
+                )));
+            }
+            if !b.page_size.is_power_of_two() || !(512..=1 << 30).contains(&b.page_size) {
+                return Err(Error::usage(format!(
+                    "RAM block {:?} page size {} is not a power of two in 512..=1 GiB",
+                    b.name, b.page_size
+                )));
+            }
+            let reserved = b.flags & !RamBlock::KNOWN_FLAGS;
+            if reserved != 0 {
+                return Err(Error::usage(format!(
+                    "RAM block {:?} has reserved flag bits {reserved:#x} set",
+                    b.name
+                )));
             }
         }
         let max_blocks = self.options.limits.max_ram_blocks as usize;
@@ -461,6 +493,7 @@ impl FrameEncoder {
         })?;
         for b in blocks {
             self.blocks.insert(b.id, b.size / ps);
+            self.block_names.insert(b.name.clone());
         }
         Ok(self.frames(&[]))
     }
@@ -557,7 +590,9 @@ impl FrameEncoder {
     }
 
     /// Encodes a record of another kind (an extension). Extension kinds must
-    /// be optional unless every reader knows them.
+    /// be optional unless every reader knows them; QEMU conversion kinds
+    /// (`0x0100..=0x01ff`) are optional, and only go in streams whose header
+    /// has the `qemu-framing` feature.
     pub fn raw_record(
         &mut self,
         kind: RecordKind,
@@ -581,6 +616,20 @@ impl FrameEncoder {
                 "kind {:#06x} is not an extension kind",
                 kind.0
             )));
+        }
+        if kind.is_qemu() {
+            if self.header.optional_features & FEATURE_QEMU_FRAMING == 0 {
+                return Err(Error::usage(format!(
+                    "QEMU conversion record {:#06x} in a stream without the qemu-framing feature",
+                    kind.0
+                )));
+            }
+            if !optional {
+                return Err(Error::usage(format!(
+                    "QEMU conversion record {:#06x} must be optional",
+                    kind.0
+                )));
+            }
         }
         self.check_body(kind, body.len())?;
         self.commit(|e| {
@@ -960,6 +1009,10 @@ pub(crate) fn batch_capacity(limits: &Limits, page_size: u32) -> u32 {
     n.clamp(1, u64::from(MAX_BATCH_PAGES)) as u32
 }
 
+/// Writers write no value deeper than this (docs/format.md §5.3), whatever
+/// the limits.
+const MAX_DEPTH: u32 = 128;
+
 /// Length of an `end` record body.
 const END_BODY_LEN: usize = 16;
 
@@ -987,14 +1040,14 @@ fn names_body_len(first: u64, lens: &[usize]) -> usize {
 }
 
 /// Checks that a reader with `limits` decodes `v`: nesting within
-/// `max_depth`, cost within `max_alloc` (charged as docs/format.md §5.3
-/// says), and struct field names unique.
+/// `max_depth` (and never deeper than 128), cost within `max_alloc`
+/// (charged as docs/format.md §5.3 says), and struct field names unique.
 fn check_value(v: &Value, limits: &Limits) -> Result<()> {
     let mut budget = Budget {
         left: limits.max_alloc,
         max: limits.max_alloc,
     };
-    walk(v, limits.max_depth, &mut budget)
+    walk(v, limits.max_depth.min(MAX_DEPTH), &mut budget)
 }
 
 struct Budget {

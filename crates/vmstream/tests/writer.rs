@@ -183,8 +183,8 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Flush),
         2 => epoch.prop_map(Op::Epoch),
         // Extensions are optional (a mandatory one ends what a reader reads);
-        // kinds 0x0100..=0x01ff only go in streams with qemu-framing.
-        1 => (prop_oneof![Just(4u16), Just(0x4242), Just(0x300)],
+        // kinds 0x0100..=0x01ff only go in streams with qemu-framing (refused here).
+        1 => (prop_oneof![Just(4u16), Just(0x4242), Just(0x300), Just(0x100)],
               proptest::collection::vec(any::<u8>(), 0..40))
             .prop_map(|(k, b)| Op::Raw(k, true, b)),
     ]
@@ -682,6 +682,18 @@ fn writer_alloc_threshold(v: &Value) -> u64 {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
+    /// The schema `schema::of` infers is one the writer writes and readers read.
+    #[test]
+    fn inferred_schemas_are_written(v in arb_value()) {
+        let mut w = limited(Limits::default());
+        w.write_schema(&vmstream::record::SchemaRecord {
+            type_name: "t".into(),
+            version: 1,
+            schema: vmstream::schema::of(&v),
+        }).unwrap();
+        prop_assert!(read_all(&w.finish().unwrap(), Limits::default()).is_ok());
+    }
+
     /// The writer charges a value and its names exactly what the reader
     /// does: at the smallest `max_alloc` the writer accepts, the reader reads
     /// the stream; one byte less, and the reader refuses it too.
@@ -879,6 +891,97 @@ fn order_the_reader_checks_is_kept() {
     w.write_device(&device("d", &Value::Unit)).unwrap();
     let e = w.write_info(&Value::Unit).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Usage);
+}
+
+#[test]
+fn ram_blocks_follow_the_format() {
+    let block = |id: u32, name: &str, page_size: u32, flags: u32| RamBlock {
+        id,
+        name: name.into(),
+        size: 4 * PS as u64,
+        page_size,
+        flags,
+    };
+    let mut w = limited(Limits::default());
+    w.write_ram_blocks(&[block(0, "ram", 2 << 20, RamBlock::FLAG_READONLY)])
+        .unwrap();
+    for (bad, what) in [
+        (vec![block(1, "ram", 4096, 0)], "name \"ram\" defined twice"),
+        (
+            vec![block(1, "a", 4096, 0), block(2, "a", 4096, 0)],
+            "name \"a\" defined twice",
+        ),
+        (vec![block(1, "b", 3000, 0)], "page size 3000"),
+        (vec![block(1, "b", 256, 0)], "page size 256"),
+        (vec![block(1, "b", 2 << 30, 0)], "page size"),
+        (vec![block(1, "b", 4096, 1 << 7)], "reserved flag bits 0x80"),
+    ] {
+        let e = w.write_ram_blocks(&bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Usage, "{e}");
+        assert!(e.message().contains(what), "{e} lacks {what:?}");
+    }
+    // a block of size 0 is a block
+    w.write_ram_blocks(&[RamBlock {
+        size: 0,
+        ..block(1, "", 512, RamBlock::FLAG_SHARED)
+    }])
+    .unwrap();
+    read_all(&w.finish().unwrap(), Limits::default()).unwrap();
+}
+
+#[test]
+fn qemu_records_need_qemu_framing() {
+    let mut w = limited(Limits::default());
+    let e = w
+        .write_raw_record(RecordKind(0x0105), true, b"x")
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Usage);
+    assert!(e.message().contains("qemu-framing"), "{e}");
+    let mut h = header();
+    h.optional_features |= vmstream::header::FEATURE_QEMU_FRAMING;
+    let mut w = StreamWriter::new(Vec::new(), h, WriterOptions::default()).unwrap();
+    let e = w
+        .write_raw_record(RecordKind(0x0105), false, b"x")
+        .unwrap_err();
+    assert!(e.message().contains("must be optional"), "{e}");
+    w.write_raw_record(RecordKind(0x0105), true, b"x").unwrap();
+    read_all(&w.finish().unwrap(), Limits::default()).unwrap();
+}
+
+#[test]
+fn schemas_follow_the_grammar() {
+    let mut w = limited(Limits::default());
+    let schema = |v: Value| vmstream::record::SchemaRecord {
+        type_name: "t".into(),
+        version: 1,
+        schema: v,
+    };
+    let bad = Value::Enum(
+        "struct".into(),
+        Box::new(Value::Struct(vec![(
+            "regs".into(),
+            Value::String("nonsense".into()),
+        )])),
+    );
+    let e = w.write_schema(&schema(bad)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Usage, "{e}");
+    assert!(e.message().contains("nonsense"), "{e}");
+    assert_eq!(e.location().field.as_deref(), Some("regs"));
+    let e = w.write_schema(&schema(Value::U8(1))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Usage, "{e}");
+    w.write_schema(&schema(Value::String("any".into())))
+        .unwrap();
+    read_all(&w.finish().unwrap(), Limits::default()).unwrap();
+}
+
+#[test]
+fn no_value_deeper_than_128_whatever_the_limits() {
+    let lim = Limits::default().with_max_depth(1000);
+    let mut w = limited(lim);
+    w.write_info(&nest(128)).unwrap();
+    let e = w.write_device(&device("d", &nest(129))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e}");
+    read_all(&w.finish().unwrap(), Limits::default()).unwrap();
 }
 
 #[test]
