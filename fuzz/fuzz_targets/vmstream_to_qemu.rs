@@ -354,6 +354,8 @@ fn build(plan: &Plan) -> (Vec<u8>, u64) {
     };
     let steps = skeleton(plan);
     let mut s = QemuFramed::new(ps as u32);
+    // Page data the built stream may hold in all (it is one allocation).
+    let mut data_budget: u64 = 24 << 20;
     // names and count of the blocks defined so far, for MEM_SIZE and ids
     let mut blocks: Vec<(String, u64)> = Vec::new();
     for op in &steps {
@@ -400,9 +402,18 @@ fn build(plan: &Plan) -> (Vec<u8>, u64) {
             } => {
                 let mut index = u64::from(*first);
                 let mut list = Vec::new();
-                for (i, &(gap, fill)) in entries.iter().take(MAX_BATCH).enumerate() {
+                for (i, &(gap, mut fill)) in entries.iter().take(MAX_BATCH).enumerate() {
                     if i > 0 {
                         index += u64::from(gap);
+                    }
+                    // The input itself stays within the malloc limit: past
+                    // the budget, data pages become zero pages.
+                    if fill.is_some() {
+                        if data_budget < ps {
+                            fill = None;
+                        } else {
+                            data_budget -= ps;
+                        }
                     }
                     list.push((index, fill));
                 }
