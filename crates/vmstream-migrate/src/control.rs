@@ -16,8 +16,8 @@ use crate::destination;
 use crate::link::{Cancel, Connections, Cutter, Link};
 use crate::qmp::{
     Events, MigrateArgs, MigrateIncomingArgs, MigrationCapability, MigrationCapabilityStatus,
-    MigrationControl, MigrationInfo, MigrationParameters, MigrationStats, MigrationStatus,
-    MigrationTarget, MultiFdCompression, QmpError, SetMigrationParameters,
+    MigrationControl, MigrationInfo, MigrationParameters, MigrationStats, MigrationTarget,
+    MultiFdCompression, QmpError, SetMigrationParameters,
 };
 use crate::source::{self, Params};
 use crate::stats::{Snapshot, Stats, Status};
@@ -103,19 +103,6 @@ fn address(target: &MigrationTarget) -> Result<MigrationAddress, QmpError> {
     }
 }
 
-fn status(s: Status) -> MigrationStatus {
-    match s {
-        Status::None => MigrationStatus::None,
-        Status::Setup => MigrationStatus::Setup,
-        Status::Active => MigrationStatus::Active,
-        Status::Device => MigrationStatus::Device,
-        Status::Cancelling => MigrationStatus::Cancelling,
-        Status::Cancelled => MigrationStatus::Cancelled,
-        Status::Failed => MigrationStatus::Failed,
-        Status::Completed => MigrationStatus::Completed,
-    }
-}
-
 fn info(s: &Snapshot, page_size: u64) -> MigrationInfo {
     let st = s.status.unwrap_or(Status::None);
     let ram = (st != Status::None && st != Status::Setup).then(|| MigrationStats {
@@ -132,7 +119,7 @@ fn info(s: &Snapshot, page_size: u64) -> MigrationInfo {
         ..MigrationStats::default()
     });
     MigrationInfo {
-        status: s.status.map(status),
+        status: s.status,
         ram,
         total_time: (st != Status::None).then_some(s.total_time_ms),
         setup_time: (st != Status::None).then_some(s.setup_time_ms),
@@ -203,7 +190,7 @@ impl Controller {
             .flatten();
         Stats::with_listener(move |s| {
             if let Some(e) = &events {
-                e.emit_migration(status(s));
+                e.emit_migration(s);
             }
         })
     }

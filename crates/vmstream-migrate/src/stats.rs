@@ -6,51 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-/// A migration's status, with QEMU's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    /// Nothing started.
-    None,
-    /// Connecting and negotiating.
-    Setup,
-    /// Precopy rounds.
-    Active,
-    /// Stop-and-copy: vCPUs paused, last pages and device state.
-    Device,
-    /// Cancel requested.
-    Cancelling,
-    /// Cancelled; the source runs on.
-    Cancelled,
-    /// Failed; the source runs on.
-    Failed,
-    /// Done.
-    Completed,
-}
-
-impl Status {
-    /// QEMU's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::None => "none",
-            Status::Setup => "setup",
-            Status::Active => "active",
-            Status::Device => "device",
-            Status::Cancelling => "cancelling",
-            Status::Cancelled => "cancelled",
-            Status::Failed => "failed",
-            Status::Completed => "completed",
-        }
-    }
-
-    /// Whether the migration has ended.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Status::Cancelled | Status::Failed | Status::Completed | Status::None
-        )
-    }
-}
+/// A migration's status: QEMU's `MigrationStatus`.
+pub use crate::qmp::MigrationStatus as Status;
 
 /// Counters the page senders and receivers bump without locking.
 #[derive(Debug, Default)]

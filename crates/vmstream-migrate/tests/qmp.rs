@@ -828,12 +828,9 @@ fn a_client_that_stops_reading_is_dropped_and_others_go_on() {
     assert!(dropped, "the stalled client was never dropped");
     assert_eq!(f.server.client_count(), 1);
     assert!(received >= 50);
-    // The stalled client finds its connection closed once it reads what was sent.
-    let mut lines = 0;
-    while !stalled.is_closed() {
-        lines += 1;
-    }
-    assert!(lines > 0);
+    // The stalled client finds its connection closed once it reads what was
+    // sent (how much of that it still gets is the kernel's business).
+    while !stalled.is_closed() {}
     assert!(fast.execute("query-migrate", None).is_ok());
 }
 

@@ -110,6 +110,20 @@ qapi_enum! {
     }
 }
 
+impl MigrationStatus {
+    /// Whether a migration in this status has ended (or never started), so
+    /// another may begin.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            MigrationStatus::None
+                | MigrationStatus::Completed
+                | MigrationStatus::Failed
+                | MigrationStatus::Cancelled
+        )
+    }
+}
+
 qapi_enum! {
     /// A migration capability (`MigrationCapability`), switched with
     /// `migrate-set-capabilities`. Which ones an engine supports is its own
