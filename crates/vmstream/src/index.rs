@@ -1,8 +1,8 @@
 //! The file index (docs/format.md §7): which records a writer lists, and what
 //! an entry says about the record it points at.
 //!
-//! One function, [`entry_for`], turns a record into its entry. The writer
-//! calls it on every record it frames (through [`IndexBuilder`]); the seeking
+//! One function, `entry_for`, turns a record into its entry. The writer
+//! calls it on every record it frames (through `IndexBuilder`); the seeking
 //! reader calls it on records it walks when a file has no index, or an index
 //! from format 1.0 that does not list the `names` and `ram-blocks` records.
 
