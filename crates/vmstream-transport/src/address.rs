@@ -636,6 +636,12 @@ fn parse_tcp_uri(rest: &str) -> Result<InetAddress> {
                 "`tcp:[]` has no address in the brackets",
             ));
         }
+        if host.contains(['[', ']']) {
+            return Err(Error::address(
+                "uri",
+                "`tcp:[...]` holds a bracket inside the address",
+            ));
+        }
         (host, port)
     } else {
         hostport

@@ -475,6 +475,7 @@ fn uris_rejected() {
             "uri: `tcp:[` needs `[IPV6-ADDRESS]:PORT`",
         ),
         ("tcp:[]:1", Address, "uri: `tcp:[]` has no address"),
+        ("tcp:[[::1]]:1", Address, "uri: `tcp:[...]` holds a bracket"),
         (
             "tcp:h:1,bogus=1",
             Address,
