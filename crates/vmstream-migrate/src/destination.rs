@@ -172,6 +172,7 @@ pub fn incoming(
     stats.update(|s| {
         *s = Default::default();
         s.status = Some(Status::Setup);
+        s.total = local.regions.iter().map(|r| r.size).sum();
     });
     let start = std::time::Instant::now();
     let r = run(vm, conns, local, stats, cancel);
