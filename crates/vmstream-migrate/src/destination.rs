@@ -14,8 +14,8 @@ use vmstream::{
 };
 
 use crate::link::{Cancel, Connections, Counted, Shared};
+use crate::out::{device_digest, memory_digests, read_control, write_control};
 use crate::proto::{self, Control, Local};
-use crate::source::{device_digest, memory_digests, read_control, write_control};
 use crate::stats::{Stats, Status};
 use crate::vm::Vm;
 use crate::Error;

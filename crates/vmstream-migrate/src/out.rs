@@ -1,13 +1,19 @@
-//! One outgoing stream of a migration: a [`FrameEncoder`] whose records
-//! gather in a buffer that goes out in large writes. Page batches are framed
-//! straight from the sender's page buffer; the one copy is into this buffer,
-//! so a 4 KiB page costs no syscall of its own.
+//! The streams of a migration as both drivers use them: [`Out`], one
+//! outgoing stream whose records gather in a buffer that goes out in large
+//! writes (page batches are framed straight from the sender's page buffer, so
+//! a 4 KiB page costs no syscall of its own); control messages read and
+//! written; and the digests both sides compute.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
-use vmstream::{DeviceState, FrameEncoder, Frames, Header, RamBlock, Value, WriterOptions};
+use vmstream::{
+    DeviceState, FrameEncoder, Frames, Header, RamBlock, Record, StreamReader, StreamWriter, Value,
+    WriterOptions,
+};
 
 use crate::proto::{self, Control};
+use crate::vm::Vm;
 use crate::Error;
 
 /// Writes go out once this much is gathered.
@@ -95,4 +101,51 @@ impl<W: Write> Out<W> {
         Out::<W>::take(&mut self.buf, self.enc.finish())?;
         self.flush()
     }
+}
+
+/// CRC32C of every region's contents, by name.
+pub(crate) fn memory_digests(vm: &Vm) -> Result<BTreeMap<String, u32>, Error> {
+    vm.memory
+        .regions()
+        .into_iter()
+        .map(|r| {
+            let crc = vm
+                .memory
+                .crc32c(&r)
+                .map_err(|e| Error::vm(format!("reading region {}: {e}", r.name)))?;
+            Ok((r.name, crc))
+        })
+        .collect()
+}
+
+/// CRC32C of a device state's canonical JSON.
+pub(crate) fn device_digest(v: &vmstream::Value) -> u32 {
+    vmstream::crc32c(v.to_json().to_string().as_bytes())
+}
+
+/// Reads the next control message from the peer's stream.
+pub(crate) fn read_control<R: std::io::Read>(r: &mut StreamReader<R>) -> Result<Control, Error> {
+    loop {
+        let Some(item) = r.next()? else {
+            return Err(Error::peer("the peer ended its stream"));
+        };
+        match item.record {
+            Record::Other(raw) if raw.kind == proto::CONTROL => {
+                return Control::decode(raw.body).map_err(Error::peer)
+            }
+            Record::Names { .. } => continue,
+            _ => {
+                return Err(Error::peer(format!(
+                    "expected a control message, got a {:?} record at offset {}",
+                    item.kind, item.offset
+                )));
+            }
+        }
+    }
+}
+
+/// Sends a control message on a [`StreamWriter`] (the destination's answers).
+pub(crate) fn write_control<W: Write>(w: &mut StreamWriter<W>, msg: &Control) -> Result<(), Error> {
+    w.write_raw_record(proto::CONTROL, true, &msg.encode())?;
+    Ok(())
 }

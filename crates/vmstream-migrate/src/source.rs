@@ -14,12 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmstream::{
-    Compression, Header, Limits, RamBlock, Record, StreamKind, StreamReader, StreamWriter,
-    WriterOptions,
+    Compression, Header, Limits, RamBlock, Record, StreamKind, StreamReader, WriterOptions,
 };
 
 use crate::link::{Cancel, Connections, Counted, Link, Shared};
-use crate::out::Out;
+use crate::out::{device_digest, memory_digests, read_control, Out};
 use crate::proto::{self, Accept, Control, DeviceOffer, Digests, Features, Hello, RegionInfo};
 use crate::stats::{Stats, Status};
 use crate::vm::{DirtyBitmap, Vm};
@@ -227,54 +226,6 @@ fn ram_blocks(vm: &Vm) -> Vec<RamBlock> {
             flags: 0,
         })
         .collect()
-}
-
-/// CRC32C of every region's contents, by name.
-pub(crate) fn memory_digests(vm: &Vm) -> Result<BTreeMap<String, u32>, Error> {
-    vm.memory
-        .regions()
-        .into_iter()
-        .map(|r| {
-            let crc = vm
-                .memory
-                .crc32c(&r)
-                .map_err(|e| Error::vm(format!("reading region {}: {e}", r.name)))?;
-            Ok((r.name, crc))
-        })
-        .collect()
-}
-
-/// CRC32C of a device state's canonical JSON.
-pub(crate) fn device_digest(v: &vmstream::Value) -> u32 {
-    vmstream::crc32c(v.to_json().to_string().as_bytes())
-}
-
-/// Reads the next control message from the peer's stream.
-pub(crate) fn read_control<R: std::io::Read>(r: &mut StreamReader<R>) -> Result<Control, Error> {
-    loop {
-        let Some(item) = r.next()? else {
-            return Err(Error::peer("the peer ended its stream"));
-        };
-        match item.record {
-            Record::Other(raw) if raw.kind == proto::CONTROL => {
-                return Control::decode(raw.body).map_err(Error::peer)
-            }
-            Record::Names { .. } => continue,
-            other => {
-                let _ = other;
-                return Err(Error::peer(format!(
-                    "expected a control message, got a {:?} record at offset {}",
-                    item.kind, item.offset
-                )));
-            }
-        }
-    }
-}
-
-/// Sends a control message on a [`StreamWriter`] (the destination's answers).
-pub(crate) fn write_control<W: Write>(w: &mut StreamWriter<W>, msg: &Control) -> Result<(), Error> {
-    w.write_raw_record(proto::CONTROL, true, &msg.encode())?;
-    Ok(())
 }
 
 /// Migrates `vm` over `conns`. On success the source's vCPUs stay paused (the
