@@ -1,0 +1,1 @@
+//! KVM embedding (under construction).
