@@ -39,6 +39,10 @@ impl Link for Connection {
         let h = self.shutdown_handle();
         Cutter::new(move || h.shutdown())
     }
+
+    fn is_tls(&self) -> bool {
+        Connection::is_tls(self)
+    }
 }
 
 /// Which way the current (or last) migration went.

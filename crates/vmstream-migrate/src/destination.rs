@@ -6,15 +6,15 @@
 //! `go` arrived; on any error it reports why (to the source too, when the
 //! main channel still works) and leaves its vCPUs paused.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Condvar, Mutex};
 
-use vmstream::{
-    DeviceState, Header, Limits, Record, StreamKind, StreamReader, StreamWriter, WriterOptions,
-};
+use vmstream::{Header, Limits, Record, StreamKind, StreamReader, StreamWriter, WriterOptions};
 
 use crate::link::{Cancel, Connections, Counted, Shared};
 use crate::out::{device_digest, memory_digests, read_control, write_control};
+use crate::proto::destination::{AwaitGo, AwaitHello, Refusal, Verifying};
 use crate::proto::{self, Control, Local};
 use crate::stats::{Stats, Status};
 use crate::vm::Vm;
@@ -150,6 +150,7 @@ pub fn local(vm: &Vm, max_data_channels: u16, compression: &[&str]) -> Result<Lo
         features: proto::Features {
             compression: compression.iter().map(|s| (*s).to_owned()).collect(),
             checksums: vec!["crc32c".to_owned()],
+            tls: false,
         },
         devices: reg
             .iter()
@@ -211,6 +212,9 @@ fn run(
         cancel.watch(d.cutter());
     }
     let page_size = u64::from(local.page_size);
+    // The channels' TLS is known now that they are connected.
+    let mut local = local.clone();
+    local.features.tls = conns.is_tls();
     let (w, r) = Shared::new(conns.main);
     let mut main = StreamReader::new(r, Limits::default())?;
     check_header(main.state().header(), page_size, 0)?;
@@ -230,37 +234,18 @@ fn run(
             WriterOptions::default().with_index(false),
         )?)
     };
-    let hello = match read_control(&mut main)? {
-        Control::Hello(h) => h,
-        other => return Err(Error::peer(format!("expected hello, got {}", other.name()))),
-    };
-    let accept = match proto::negotiate(&hello, local) {
-        Ok(a) => a,
-        Err(reason) => {
-            let _ = tell(
-                &mut back,
-                &Control::Refuse {
-                    reason: reason.clone(),
-                },
-            );
-            return Err(Error::refused(reason));
+    let receiving = match AwaitHello::new(local, conns.data.len()).hello(read_control(&mut main)?) {
+        Ok((receiving, reply)) => {
+            tell(&mut back, &reply)?;
+            receiving
+        }
+        Err(Refusal { error, reply }) => {
+            if let Some(reply) = reply {
+                let _ = tell(&mut back, &reply);
+            }
+            return Err(error);
         }
     };
-    if usize::from(hello.data_channels) != conns.data.len() {
-        let reason = format!(
-            "the source announced {} data channels, {} connected",
-            hello.data_channels,
-            conns.data.len()
-        );
-        let _ = tell(
-            &mut back,
-            &Control::Refuse {
-                reason: reason.clone(),
-            },
-        );
-        return Err(Error::refused(reason));
-    }
-    tell(&mut back, &Control::Accept(accept.clone()))?;
     stats.update(|s| s.status = Some(Status::Active));
 
     let fail = |back: &mut Option<StreamWriter<_>>, e: Error| -> Error {
@@ -286,7 +271,7 @@ fn run(
         gate.abort();
         cancel.abort();
     };
-    let (devices, digests) = std::thread::scope(|scope| {
+    let verifying = std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (k, c) in conns.data.into_iter().enumerate() {
             let (gate, failed) = (&gate, &failed);
@@ -298,33 +283,26 @@ fn run(
                 r
             }));
         }
-        let main_result = (|| -> Result<(Vec<DeviceState>, proto::Digests), Error> {
+        let main_result = (|| -> Result<Verifying, Error> {
             let zero = vec![0u8; page_size as usize];
-            let mut devices = Vec::new();
+            let mut receiving = receiving;
             loop {
                 let Some(item) = main.next()? else {
                     return Err(Error::peer("main channel ended before complete"));
                 };
                 match item.record {
                     Record::Pages(b) => apply(vm, &b, &zero, page_size)?,
-                    Record::Epoch(_) => stats.update(|s| s.dirty_sync_count += 1),
+                    Record::Epoch(e) => {
+                        let n = receiving.epoch(e)?;
+                        stats.update(|s| s.dirty_sync_count = u64::from(n));
+                    }
                     Record::Device(d) => {
                         stats.update(|s| s.status = Some(Status::Device));
-                        devices.push(d)
+                        receiving.device(d)?;
                     }
                     Record::Other(raw) if raw.kind == proto::CONTROL => {
-                        match Control::decode(raw.body).map_err(Error::peer)? {
-                            Control::Complete(d) => return Ok((devices, d)),
-                            Control::Failed { reason } => {
-                                return Err(Error::peer(format!("source failed: {reason}")))
-                            }
-                            other => {
-                                return Err(Error::peer(format!(
-                                    "unexpected {} during precopy",
-                                    other.name()
-                                )))
-                            }
-                        }
+                        let msg = Control::decode(raw.body).map_err(Error::peer)?;
+                        return receiving.control(msg);
                     }
                     Record::Info(_)
                     | Record::RamBlocks(_)
@@ -372,66 +350,39 @@ fn run(
     .map_err(|e| fail(&mut back, e))?;
 
     // Load and verify.
-    let check = (|| -> Result<(), Error> {
-        let mut reg = vm
-            .devices
-            .lock()
-            .map_err(|_| Error::internal("device lock"))?;
-        for d in &devices {
-            let want = accept.devices.get(&d.name).copied();
-            if want != Some(d.version) {
-                return Err(Error::peer(format!(
-                    "device {}: state version {} sent, {:?} negotiated",
-                    d.name, d.version, want
-                )));
-            }
-            let dev = reg
-                .get_mut(&d.name)
-                .ok_or_else(|| Error::peer(format!("device {} is unknown here", d.name)))?;
-            dev.load(d.version, &d.value).map_err(|e| {
-                Error::vm(format!(
-                    "loading device {} ({} v{}): {e}",
-                    d.name, d.type_name, d.version
-                ))
-            })?;
-            let again = dev
-                .save()
-                .map_err(|e| Error::vm(format!("saving device {} back: {e}", d.name)))?;
-            if digests.devices.get(&d.name) != Some(&device_digest(&again)) {
-                return Err(Error::peer(format!(
-                    "device {}: the loaded state does not match the source's digest",
-                    d.name
-                )));
+    let check = (|| -> Result<(AwaitGo, Control), Error> {
+        let mut loaded = BTreeMap::new();
+        {
+            let mut reg = vm
+                .devices
+                .lock()
+                .map_err(|_| Error::internal("device lock"))?;
+            for d in verifying.devices() {
+                let dev = reg
+                    .get_mut(&d.name)
+                    .ok_or_else(|| Error::peer(format!("device {} is unknown here", d.name)))?;
+                dev.load(d.version, &d.value).map_err(|e| {
+                    Error::vm(format!(
+                        "loading device {} ({} v{}): {e}",
+                        d.name, d.type_name, d.version
+                    ))
+                })?;
+                let again = dev
+                    .save()
+                    .map_err(|e| Error::vm(format!("saving device {} back: {e}", d.name)))?;
+                loaded.insert(d.name.clone(), device_digest(&again));
             }
         }
-        if devices.len() != accept.devices.len() || digests.devices.len() != devices.len() {
-            return Err(Error::peer(format!(
-                "{} device states received, {} negotiated",
-                devices.len(),
-                accept.devices.len()
-            )));
-        }
-        let mem = memory_digests(vm)?;
-        if mem != digests.regions {
-            let bad: Vec<&String> = mem
-                .iter()
-                .filter(|(k, v)| digests.regions.get(*k) != Some(v))
-                .map(|(k, _)| k)
-                .collect();
-            return Err(Error::peer(format!(
-                "memory of regions {bad:?} does not match the source's digest"
-            )));
-        }
-        Ok(())
+        verifying.verify(&loaded, &memory_digests(vm)?)
     })();
-    check.map_err(|e| fail(&mut back, e))?;
-    tell(&mut back, &Control::Ready)?;
-    if !one_way {
-        match read_control(&mut main)? {
-            Control::Go => {}
-            other => return Err(Error::peer(format!("expected go, got {}", other.name()))),
-        }
-    }
+    let (await_go, ready) = check.map_err(|e| fail(&mut back, e))?;
+    tell(&mut back, &ready)?;
+    let go = if one_way {
+        None
+    } else {
+        Some(read_control(&mut main)?)
+    };
+    let done = await_go.answer(go)?;
     vm.vcpus
         .resume()
         .map_err(|e| fail(&mut back, Error::vm(e)))?;
@@ -442,7 +393,7 @@ fn run(
             break;
         }
     }
-    tell(&mut back, &Control::Done)?;
+    tell(&mut back, &done)?;
     if let Some(back) = back {
         back.finish()?;
     }

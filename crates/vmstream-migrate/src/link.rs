@@ -10,6 +10,12 @@ use std::sync::{Arc, Mutex};
 pub trait Link: Read + Write + Send {
     /// A handle that shuts the connection down from any thread.
     fn cutter(&self) -> Cutter;
+
+    /// Whether the connection is TLS with mutual authentication (announced
+    /// in the handshake). Plain by default.
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 /// Shuts a connection down from any thread.
@@ -74,6 +80,13 @@ pub struct Connections {
     /// source's stream only, nothing comes back, and there are no data
     /// channels.
     pub one_way: bool,
+}
+
+impl Connections {
+    /// Whether every connection is TLS with mutual authentication.
+    pub fn is_tls(&self) -> bool {
+        self.main.is_tls() && self.data.iter().all(|d| d.is_tls())
+    }
 }
 
 impl std::fmt::Debug for Connections {

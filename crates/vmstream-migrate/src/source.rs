@@ -19,7 +19,10 @@ use vmstream::{
 
 use crate::link::{Cancel, Connections, Counted, Link, Shared};
 use crate::out::{device_digest, memory_digests, read_control, Out};
-use crate::proto::{self, Accept, Control, DeviceOffer, Digests, Features, Hello, RegionInfo};
+use crate::proto::source::{
+    AfterComplete, AfterRound, AutoConverge, Convergence, Handshake, Round,
+};
+use crate::proto::{self, Accept, DeviceOffer, Features, Hello, RegionInfo};
 use crate::stats::{Stats, Status};
 use crate::vm::{DirtyBitmap, Vm};
 use crate::Error;
@@ -304,6 +307,7 @@ fn run(
     committed: &mut bool,
 ) -> Result<(), Error> {
     let one_way = conns.one_way;
+    let tls = conns.is_tls();
     if one_way && !conns.data.is_empty() {
         return Err(Error::usage(
             "a one-way channel (exec, file) carries no data channels",
@@ -329,13 +333,6 @@ fn run(
     )?;
 
     // Negotiation.
-    let own_versions: BTreeMap<String, u32> = vm
-        .devices
-        .lock()
-        .map_err(|_| Error::internal("device lock"))?
-        .iter()
-        .map(|d| (d.name().to_owned(), d.version()))
-        .collect();
     let devices: Vec<DeviceOffer> = {
         let reg = vm
             .devices
@@ -349,6 +346,7 @@ fn run(
             })
             .collect()
     };
+    let device_bytes = 64 * 1024 * devices.len() as u64;
     let hello = Hello {
         protocol: proto::PROTOCOL,
         min_protocol: proto::MIN_PROTOCOL,
@@ -366,33 +364,29 @@ fn run(
         features: Features {
             compression: params.compression.clone(),
             checksums: vec!["crc32c".to_owned()],
+            tls: tls && !one_way,
         },
         devices,
     };
-    main.control(&Control::Hello(hello))?;
-    // One-way: nobody answers; the stream carries the base protocol and the
-    // versions this build saves, and the reader checks them against its own.
-    let mut back = if one_way {
-        None
-    } else {
+    let convergence = Convergence {
+        downtime_limit_ms: params.downtime_limit_ms,
+        device_bytes,
+        auto_converge: params.auto_converge.then_some(AutoConverge {
+            trigger: params.throttle_trigger_threshold,
+            initial: params.cpu_throttle_initial,
+            increment: params.cpu_throttle_increment,
+            max: params.max_cpu_throttle,
+        }),
+    };
+    let (handshake, msg) = Handshake::start(hello, one_way, convergence);
+    main.control(&msg)?;
+    let mut back = if handshake.expects_answer() {
         Some(StreamReader::new(r, Limits::default())?)
+    } else {
+        None
     };
-    let accept = match back.as_mut().map(read_control).transpose()? {
-        None => Accept {
-            protocol: proto::PROTOCOL,
-            compression: None,
-            checksums: vec!["crc32c".to_owned()],
-            devices: own_versions,
-        },
-        Some(Control::Accept(a)) => a,
-        Some(Control::Refuse { reason }) => return Err(Error::refused(reason)),
-        Some(other) => {
-            return Err(Error::peer(format!(
-                "expected accept, got {}",
-                other.name()
-            )))
-        }
-    };
+    let mut precopy = handshake.answer(back.as_mut().map(read_control).transpose()?)?;
+    let accept = precopy.accept().clone();
     main.info(&vmstream::to_value(&accept)?)?;
     let blocks = ram_blocks(vm);
     main.ram_blocks(&blocks)?;
@@ -411,13 +405,10 @@ fn run(
     stats.update(|s| s.status = Some(Status::Active));
 
     let limit = RateLimit::new(params.max_bandwidth);
-    let mut throttle = proto::Throttle::new();
     let mut dirty: BTreeMap<u32, DirtyBitmap> = regions
         .iter()
         .map(|r| (r.id, DirtyBitmap::full(r.size / page_size)))
         .collect();
-    let mut epoch = 0u32;
-    let device_estimate = 64 * 1024 * vm.devices.lock().map(|d| d.len() as u64).unwrap_or(0);
 
     let ctx = Ctx {
         vm,
@@ -494,46 +485,40 @@ fn run(
         };
 
         // Precopy rounds.
-        loop {
+        let stop = loop {
             let t = Instant::now();
             let before = counter.transferred.load(Ordering::Relaxed);
-            send(&mut main, epoch, &dirty)?;
-            let secs = t.elapsed().as_secs_f64().max(1e-6);
+            send(&mut main, precopy.epoch(), &dirty)?;
+            let secs = t.elapsed().as_secs_f64();
             let sent = counter.transferred.load(Ordering::Relaxed) - before;
-            let bw = sent as f64 / secs;
             dirty = vm.dirty.fetch_and_clear().map_err(Error::vm)?;
-            let dirty_pages: u64 = dirty.values().map(|b| b.count()).sum();
-            let remaining = dirty_pages * page_size;
+            let round = Round {
+                sent,
+                secs,
+                dirty_pages: dirty.values().map(|b| b.count()).sum(),
+                page_size,
+            };
+            let (next, e) = precopy.round(round);
             stats.update(|s| {
                 s.dirty_sync_count += 1;
-                s.remaining = remaining;
-                s.mbps = bw * 8.0 / 1e6;
-                s.dirty_pages_rate = (dirty_pages as f64 / secs) as u64;
-                s.expected_downtime_ms =
-                    proto::expected_downtime_ms(remaining + device_estimate, bw);
+                s.remaining = e.remaining;
+                s.mbps = e.bandwidth * 8.0 / 1e6;
+                s.dirty_pages_rate = e.dirty_pages_rate;
+                s.expected_downtime_ms = e.expected_downtime_ms;
                 s.normal_bytes = s.normal * page_size;
             });
-            epoch += 1;
-            if proto::can_switch_over(remaining, device_estimate, bw, params.downtime_limit_ms) {
-                break;
+            if let Some(p) = e.throttle {
+                vm.vcpus.throttle(p);
+                stats.update(|s| s.cpu_throttle_percentage = p);
+            }
+            match next {
+                AfterRound::SwitchOver(stop) => break stop,
+                AfterRound::Again(p) => precopy = p,
             }
             if cancel.is_stopped() {
                 return Err(Error::cancelled());
             }
-            if params.auto_converge {
-                if let Some(p) = throttle.round(
-                    remaining,
-                    sent,
-                    params.throttle_trigger_threshold,
-                    params.cpu_throttle_initial,
-                    params.cpu_throttle_increment,
-                    params.max_cpu_throttle,
-                ) {
-                    vm.vcpus.throttle(p);
-                    stats.update(|s| s.cpu_throttle_percentage = p);
-                }
-            }
-        }
+        };
 
         // Stop and copy.
         stats.update(|s| s.status = Some(Status::Device));
@@ -548,19 +533,16 @@ fn run(
         }
         // Memory no longer changes: its digest is taken while the last pages go.
         let regions = scope.spawn(|| memory_digests(vm));
-        send(&mut main, epoch, &dirty)?;
+        send(&mut main, stop.epoch(), &dirty)?;
         for j in &jobs {
             j.send(Job::Finish)
                 .map_err(|_| Error::internal("channel thread gone"))?;
         }
         wait_all(jobs.len())?;
-        let mut digests = Digests {
-            regions: regions
-                .join()
-                .map_err(|_| Error::internal("digest thread panicked"))??,
-            devices: BTreeMap::new(),
-            rounds: epoch + 1,
-        };
+        let regions = regions
+            .join()
+            .map_err(|_| Error::internal("digest thread panicked"))??;
+        let mut devices = BTreeMap::new();
         {
             let reg = vm
                 .devices
@@ -570,53 +552,37 @@ fn run(
                 let v = d
                     .save()
                     .map_err(|e| Error::vm(format!("saving device {}: {e}", d.name())))?;
-                let version = accept.devices.get(d.name()).copied().unwrap_or(d.version());
-                if version != d.version() {
-                    return Err(Error::refused(format!(
-                        "device {}: destination wants state version {version}, this build saves {} and has no transform",
-                        d.name(),
-                        d.version()
-                    )));
-                }
-                digests
-                    .devices
-                    .insert(d.name().to_owned(), device_digest(&v));
+                devices.insert(d.name().to_owned(), device_digest(&v));
                 main.device(&vmstream::DeviceState {
                     name: d.name().to_owned(),
                     instance_id: 0,
                     type_name: d.type_name().to_owned(),
-                    version,
+                    version: stop.device_version(d.name())?,
                     value: v,
                 })?;
             }
         }
-        main.control(&Control::Complete(digests))?;
-        let Some(back) = back.as_mut() else {
-            // One-way: the stream is complete; the VM stays paused here, as
-            // QEMU's does after a migration to a file.
-            *committed = true;
-            main.finish()?;
-            stats.update(|s| s.downtime_ms = Some(paused_at.elapsed().as_millis() as u64));
-            return Ok(());
-        };
-        match read_control(back)? {
-            Control::Ready => {}
-            Control::Failed { reason } => {
-                return Err(Error::peer(format!("destination failed: {reason}")))
+        let (next, msg) = stop.complete(regions, devices);
+        main.control(&msg)?;
+        let ready = match (next, back.as_mut()) {
+            (AfterComplete::AwaitReady(w), Some(back)) => (w, back),
+            _ => {
+                *committed = true;
+                main.finish()?;
+                stats.update(|s| s.downtime_ms = Some(paused_at.elapsed().as_millis() as u64));
+                return Ok(());
             }
-            other => return Err(Error::peer(format!("expected ready, got {}", other.name()))),
-        }
+        };
+        let (ready, back) = ready;
+        let (commit, go) = ready.answer(read_control(back)?)?;
         if cancel.is_stopped() {
             return Err(Error::cancelled());
         }
         // The point of no return.
         *committed = true;
-        main.control(&Control::Go)?;
+        main.control(&go)?;
         main.finish()?;
-        match read_control(back)? {
-            Control::Done => {}
-            other => return Err(Error::peer(format!("expected done, got {}", other.name()))),
-        }
+        commit.answer(read_control(back)?)?;
         // The destination ends its stream after `done`; read to that end so
         // neither side closes under the other's last write. The outcome is
         // already known, so an error here changes nothing.

@@ -1,8 +1,13 @@
-//! The I/O-free protocol core: control messages, negotiation and the
-//! convergence rule. Nothing here reads a socket or a clock; the driver
-//! (`source`, `destination`) feeds it what happened and does what it says.
+//! The I/O-free protocol core: control messages, negotiation, the
+//! convergence rule, and each side's phases as types ([`source`],
+//! [`destination`]). Nothing here reads a socket, a clock or the VM; the
+//! drivers (`crate::source`, `crate::destination`) feed it what happened
+//! and do what it says.
 
 use std::collections::BTreeMap;
+
+pub mod destination;
+pub mod source;
 
 use serde::{Deserialize, Serialize};
 use vmstream::RecordKind;
@@ -114,6 +119,11 @@ pub struct Features {
     /// Checksums supported (`crc32c`: every record is checked).
     #[serde(default)]
     pub checksums: Vec<String>,
+    /// Whether this side's channels are TLS with mutual authentication. A
+    /// destination whose channels use TLS refuses a source that says they
+    /// do not (a TLS-terminating hop in between).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// The source's announcement.
@@ -149,6 +159,9 @@ pub struct Accept {
     pub compression: Option<String>,
     /// Checksums both check.
     pub checksums: Vec<String>,
+    /// Whether every channel is TLS with mutual authentication.
+    #[serde(default)]
+    pub tls: bool,
     /// The state version to send for each device, by instance name.
     pub devices: BTreeMap<String, u32>,
 }
@@ -248,6 +261,11 @@ pub fn negotiate(hello: &Hello, local: &Local) -> Result<Accept, String> {
     if let Some(name) = local.devices.keys().find(|n| !devices.contains_key(*n)) {
         return Err(format!("device {name} is not sent by the source"));
     }
+    if local.features.tls && !hello.features.tls {
+        return Err(
+            "this destination's channels use TLS, the source says its channels do not".to_owned(),
+        );
+    }
     let compression = hello
         .features
         .compression
@@ -265,6 +283,7 @@ pub fn negotiate(hello: &Hello, local: &Local) -> Result<Accept, String> {
         protocol: hello.protocol.min(PROTOCOL),
         compression,
         checksums,
+        tls: hello.features.tls && local.features.tls,
         devices,
     })
 }
@@ -367,6 +386,7 @@ mod tests {
             features: Features {
                 compression: vec!["lz4".into()],
                 checksums: vec!["crc32c".into()],
+                tls: false,
             },
             devices,
             max_data_channels: 8,
@@ -384,6 +404,7 @@ mod tests {
             features: Features {
                 compression: vec!["zstd".into(), "lz4".into()],
                 checksums: vec!["crc32c".into()],
+                tls: false,
             },
             devices: vec![DeviceOffer {
                 name: "serial0".into(),
@@ -439,6 +460,21 @@ mod tests {
         let a = negotiate(&h, &local()).unwrap();
         assert_eq!(a.compression, None);
         assert!(a.checksums.is_empty());
+        assert!(!a.tls);
+    }
+
+    #[test]
+    fn tls_is_negotiated_and_a_tls_destination_refuses_a_plain_source() {
+        let mut l = local();
+        l.features.tls = true;
+        let e = negotiate(&hello(), &l).unwrap_err();
+        assert!(e.contains("TLS"), "{e}");
+        let mut h = hello();
+        h.features.tls = true;
+        assert!(negotiate(&h, &l).unwrap().tls);
+        // A plain destination behind a TLS-terminating hop answers plain (and
+        // the source, which protects its channels, then refuses).
+        assert!(!negotiate(&h, &local()).unwrap().tls);
     }
 
     #[test]
