@@ -626,6 +626,56 @@ fn exec_and_file_channels_carry_a_snapshot_that_restores() {
 }
 
 #[test]
+fn fd_channels_passed_with_getfd() {
+    use std::os::fd::AsFd;
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let mut a = Guest::source(d, "a");
+    let mut b = Guest::destination(d, "b");
+    // Without a descriptor, getfd fails as QEMU's does; closefd of an
+    // unknown name too.
+    let e = b.try_cmd("getfd", json!({"fdname": "mig"})).unwrap_err();
+    assert!(e.to_string().contains("No file descriptor supplied"), "{e}");
+    let e = b.try_cmd("closefd", json!({"fdname": "nope"})).unwrap_err();
+    assert!(e.to_string().contains("not found"), "{e}");
+    // The destination gets a listening socket (it would accept data channels
+    // on it too), the source one connected socket per `migrate`, so no data
+    // channels: QEMU's fd transport is the same.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    b.qmp
+        .execute_with_fd(
+            "getfd",
+            Some(json!({"fdname": "mig"}).as_object().unwrap().clone()),
+            Some(listener.as_fd()),
+        )
+        .unwrap();
+    drop(listener);
+    listen(
+        &mut b,
+        &Setup::channels(0),
+        &Target::Channels(json!([{"channel-type": "main",
+            "addr": {"transport": "socket", "type": "fd", "str": "mig"}}])),
+    );
+    let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    a.qmp
+        .execute_with_fd(
+            "getfd",
+            Some(json!({"fdname": "out"}).as_object().unwrap().clone()),
+            Some(conn.as_fd()),
+        )
+        .unwrap();
+    drop(conn);
+    start(&mut a, &Setup::channels(0), &Target::Uri("fd:out".into()));
+    assert_migrated(&mut a, &mut b);
+    // Taken by the migration: the name is free again.
+    let e = a.try_cmd("closefd", json!({"fdname": "out"})).unwrap_err();
+    assert!(e.to_string().contains("not found"), "{e}");
+    a.quit();
+    b.quit();
+}
+
+#[test]
 fn a_dirtying_guest_needs_several_rounds() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();

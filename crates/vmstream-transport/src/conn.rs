@@ -699,6 +699,12 @@ pub fn register_fd(name: &str, fd: OwnedFd) -> Result<()> {
     Ok(())
 }
 
+/// Closes the descriptor registered under `name` (QEMU's `closefd`); false
+/// when there is none.
+pub fn unregister_fd(name: &str) -> bool {
+    lock(&FDS).remove(name).is_some()
+}
+
 static FDS: Mutex<BTreeMap<String, OwnedFd>> = Mutex::new(BTreeMap::new());
 
 fn take_fd(name: &str) -> Result<OwnedFd> {

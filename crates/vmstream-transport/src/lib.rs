@@ -63,7 +63,8 @@ pub use channel::{
     Role, SetAssembler, MAX_DATA_CHANNELS,
 };
 pub use conn::{
-    connect, open_destination, open_source, register_fd, Connection, Listener, ShutdownHandle,
+    connect, open_destination, open_source, register_fd, unregister_fd, Connection, Listener,
+    ShutdownHandle,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use tls::{Endpoint, TlsClient, TlsCreds, TlsServer};

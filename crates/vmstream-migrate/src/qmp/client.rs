@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -110,12 +112,26 @@ impl QmpClient {
         name: &str,
         arguments: Option<Map<String, Value>>,
     ) -> Result<Value, ClientError> {
+        self.execute_with_fd(name, arguments, None)
+    }
+
+    /// Runs command `name` as [`QmpClient::execute`] does, sending `fd` with
+    /// the request (SCM_RIGHTS), as QEMU's `getfd` and `add-fd` expect.
+    pub fn execute_with_fd(
+        &mut self,
+        name: &str,
+        arguments: Option<Map<String, Value>>,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Value, ClientError> {
         let id = Value::from(format!("vmstream-{}", self.next_id));
         self.next_id = self.next_id.wrapping_add(1);
         let request = Request::new(name, arguments.unwrap_or_default(), Some(id.clone()));
         let mut line = request.to_json().to_string();
         line.push('\n');
-        self.send_bytes(line.as_bytes())?;
+        match fd {
+            None => self.send_bytes(line.as_bytes())?,
+            Some(fd) => self.send_with_fd(line.as_bytes(), fd)?,
+        }
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -171,6 +187,27 @@ impl QmpClient {
     /// Events received and not yet taken, oldest first.
     pub fn take_events(&mut self) -> Vec<Event> {
         self.events.drain(..).collect()
+    }
+
+    fn send_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> Result<(), ClientError> {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [fd];
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(ClientError::Protocol(
+                "no room for the file descriptor".into(),
+            ));
+        }
+        // The descriptor travels with the first byte; the rest follows.
+        let n = sendmsg(
+            &self.stream,
+            &[std::io::IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .map_err(std::io::Error::from)?;
+        self.send_bytes(&bytes[n..])
     }
 
     /// Sends raw bytes, for speaking to the server below the request level.

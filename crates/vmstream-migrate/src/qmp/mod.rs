@@ -47,6 +47,6 @@ pub use migration::{
 };
 pub use protocol::{
     error_response, greeting, ok_response, version, Event, Handler, Request, RequestError, Session,
-    BUILTIN_COMMANDS,
+    BUILTIN_COMMANDS, MAX_PENDING_FDS,
 };
 pub use server::{Events, QmpServer, ServerConfig};

@@ -2,6 +2,7 @@
 //! and [`Session`], the per-connection state machine (capabilities negotiation,
 //! then commands) that turns each input message into its response.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,16 @@ use super::error::{ErrorClass, QmpError};
 use super::json::Message;
 
 /// Commands every session answers itself, whatever the [`Handler`].
-pub const BUILTIN_COMMANDS: [&str; 3] = ["qmp_capabilities", "query-commands", "query-version"];
+pub const BUILTIN_COMMANDS: [&str; 5] = [
+    "qmp_capabilities",
+    "query-commands",
+    "query-version",
+    "getfd",
+    "closefd",
+];
+
+/// Most file descriptors a session holds that no `getfd` has taken yet.
+pub const MAX_PENDING_FDS: usize = 8;
 
 /// What a command is asked to do: `{"execute": NAME, "arguments": {...}, "id": ...}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +139,8 @@ pub trait Handler: Send + Sync {
 pub struct Session {
     handler: Arc<dyn Handler>,
     negotiated: bool,
+    /// Descriptors that arrived with the latest bytes (SCM_RIGHTS), for `getfd`.
+    fds: Vec<OwnedFd>,
 }
 
 impl std::fmt::Debug for Session {
@@ -145,7 +157,18 @@ impl Session {
         Session {
             handler,
             negotiated: false,
+            fds: Vec::new(),
         }
+    }
+
+    /// File descriptors that arrived with the bytes being handled (a unix
+    /// socket's SCM_RIGHTS). As in QEMU, they replace any that no `getfd`
+    /// took (those are closed), and `getfd` takes the last. At most
+    /// [`MAX_PENDING_FDS`] are kept; the rest are closed.
+    pub fn receive_fds(&mut self, fds: Vec<OwnedFd>) {
+        self.fds = fds;
+        let extra = self.fds.len().saturating_sub(MAX_PENDING_FDS);
+        self.fds.drain(..extra);
     }
 
     /// Whether `qmp_capabilities` has succeeded: commands run and events are
@@ -218,6 +241,33 @@ impl Session {
             "query-version" => {
                 Args::new(args, "").finish()?;
                 Ok(version())
+            }
+            "getfd" => {
+                let mut args = Args::new(args, "");
+                let name: String = args.req("fdname")?;
+                args.finish()?;
+                if name.starts_with(|c: char| c.is_ascii_digit()) {
+                    return Err(QmpError::generic(
+                        "Parameter 'fdname' expects a name not starting with a digit",
+                    ));
+                }
+                let fd = self.fds.pop().ok_or_else(|| {
+                    QmpError::generic("No file descriptor supplied via SCM_RIGHTS")
+                })?;
+                vmstream_transport::register_fd(&name, fd)
+                    .map_err(|e| QmpError::generic(e.to_string()))?;
+                Ok(Value::Object(Map::new()))
+            }
+            "closefd" => {
+                let mut args = Args::new(args, "");
+                let name: String = args.req("fdname")?;
+                args.finish()?;
+                if !vmstream_transport::unregister_fd(&name) {
+                    return Err(QmpError::generic(format!(
+                        "File descriptor named '{name}' not found"
+                    )));
+                }
+                Ok(Value::Object(Map::new()))
             }
             _ if self.handler.commands().iter().any(|c| c == name) => {
                 match self.handler.execute(name, args)? {
@@ -469,6 +519,37 @@ mod tests {
     }
 
     #[test]
+    fn getfd_takes_the_last_descriptor_received_and_closefd_drops_it() {
+        let mut s = Session::new(Arc::new(Echo));
+        run(&mut s, r#"{"execute":"qmp_capabilities"}"#);
+        let out = run(&mut s, r#"{"execute":"getfd","arguments":{"fdname":"x"}}"#);
+        assert!(out[0]["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("No file descriptor supplied"));
+        let fds: Vec<OwnedFd> = (0..MAX_PENDING_FDS + 3)
+            .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+            .collect();
+        s.receive_fds(fds);
+        assert_eq!(s.fds.len(), MAX_PENDING_FDS);
+        let out = run(
+            &mut s,
+            r#"{"execute":"getfd","arguments":{"fdname":"1x"}}{"execute":"getfd","arguments":{"fdname":"session-test-fd"}}{"execute":"closefd","arguments":{"fdname":"session-test-fd"}}{"execute":"closefd","arguments":{"fdname":"session-test-fd"}}"#,
+        );
+        assert!(out[0]["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("not starting with a digit"));
+        assert_eq!(out[1]["return"], serde_json::json!({}));
+        assert_eq!(out[2]["return"], serde_json::json!({}));
+        assert!(out[3]["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("not found"));
+        assert_eq!(s.fds.len(), MAX_PENDING_FDS - 1);
+    }
+
+    #[test]
     fn builtin_queries() {
         let mut s = Session::new(Arc::new(Echo));
         let out = run(
@@ -487,6 +568,8 @@ mod tests {
                 "qmp_capabilities",
                 "query-commands",
                 "query-version",
+                "getfd",
+                "closefd",
                 "echo",
                 "nothing"
             ]

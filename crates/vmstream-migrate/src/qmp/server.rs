@@ -15,8 +15,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -30,7 +32,7 @@ use serde_json::{Map, Value};
 use super::error::QmpError;
 use super::json::{QmpLimits, Splitter};
 use super::migration::{migration_event_data, MigrationStatus};
-use super::protocol::{error_response, greeting, Event, Handler, Session};
+use super::protocol::{error_response, greeting, Event, Handler, Session, MAX_PENDING_FDS};
 
 /// How a [`QmpServer`] treats its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -558,15 +560,20 @@ fn refuse(mut stream: UnixStream, max: usize) {
 
 /// Reads requests and queues their responses until the client closes its
 /// side or the connection is shut down.
-fn read_loop(shared: &Arc<Shared>, id: u64, mut stream: UnixStream, out: &Outbox) {
+fn read_loop(shared: &Arc<Shared>, id: u64, stream: UnixStream, out: &Outbox) {
     let mut session = Session::new(Arc::clone(&shared.handler));
     let mut splitter = Splitter::new(shared.config.limits);
     let mut buf = vec![0u8; 4096];
     if out.push(Arc::from(to_line(&greeting()))) {
         'conn: loop {
-            let n = match stream.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
+            let n = match read_with_fds(&stream, &mut buf) {
+                Ok((0, _)) => break,
+                Ok((n, fds)) => {
+                    if !fds.is_empty() {
+                        session.receive_fds(fds);
+                    }
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
@@ -587,6 +594,28 @@ fn read_loop(shared: &Arc<Shared>, id: u64, mut stream: UnixStream, out: &Outbox
     // No more events for this client; the writer sends what is queued, then
     // closes the connection.
     out.finish();
+}
+
+/// Reads bytes, and the file descriptors sent with them (SCM_RIGHTS, as for
+/// QEMU's `getfd`); descriptors beyond [`MAX_PENDING_FDS`] in one message
+/// are closed by the kernel.
+fn read_with_fds(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PENDING_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = recvmsg(
+        stream,
+        &mut [io::IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    Ok((msg.bytes, fds))
 }
 
 /// Queues the response to a successful `qmp_capabilities` and turns events on
