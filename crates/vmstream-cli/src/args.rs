@@ -51,8 +51,48 @@ pub(crate) enum Command {
     Diff(DiffArgs),
     /// Convert between QEMU's migration stream and vmstream (lossless both ways).
     Convert(ConvertArgs),
-    /// Run a synthetic VM controlled over QMP, to migrate live with QEMU's commands.
+    /// Run a synthetic VM or a KVM guest controlled over QMP, to migrate live with QEMU's commands.
     Guest(GuestArgs),
+    /// The device schemas of a stream, a QEMU -dump-vmstate JSON or a vmdesc.
+    Schema(SchemaArgs),
+    /// What changed between two schemas and what breaks migration each way (exit 1 if anything does).
+    SchemaDiff(SchemaDiffArgs),
+    /// Apply versioned-state transforms (a rules file) to a stream's devices.
+    Transform(TransformArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SchemaArgs {
+    /// A vmstream or QEMU stream, a -dump-vmstate JSON or a vmdesc JSON.
+    pub(crate) input: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SchemaDiffArgs {
+    /// The old side: a stream, a -dump-vmstate JSON or a vmdesc JSON.
+    pub(crate) old: PathBuf,
+    /// The new side.
+    pub(crate) new: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TransformArgs {
+    /// The rules file (TOML, docs/transforms.md).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) rules: PathBuf,
+    /// Input stream (vmstream or QEMU).
+    pub(crate) input: PathBuf,
+    /// Output stream, in the input's format.
+    pub(crate) output: PathBuf,
+    /// Target version of a device type (default: the newest the rules reach).
+    #[arg(long = "device-version", value_name = "TYPE=V")]
+    pub(crate) device_version: Vec<String>,
 }
 
 /// How a synthetic guest's memory starts out.
@@ -91,6 +131,17 @@ pub(crate) struct GuestArgs {
     /// migration completed (QEMU's -S).
     #[arg(short = 'S', long)]
     pub(crate) paused: bool,
+    /// Run a real KVM virtual machine (needs /dev/kvm): vCPUs running a
+    /// guest program that dirties memory and prints `counter N` lines on
+    /// its serial port, copied to standard output.
+    #[arg(long)]
+    pub(crate) kvm: bool,
+    /// vCPUs of a KVM guest.
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "kvm")]
+    pub(crate) vcpus: u8,
+    /// The vCPU state version a KVM guest saves (1: the previous release's).
+    #[arg(long, hide = true, value_name = "V", requires = "kvm")]
+    pub(crate) x_vcpu_state_version: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@
 
 mod aligned;
 mod args;
+mod compat;
 mod convert;
 mod decode;
 mod diff;
@@ -63,6 +64,9 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(a) => diff::diff(&a, opts),
         Command::Convert(a) => convert::convert(&a, opts),
         Command::Guest(a) => guest::guest(&a),
+        Command::Schema(a) => compat::schema(&a, opts),
+        Command::SchemaDiff(a) => compat::schema_diff(&a, opts),
+        Command::Transform(a) => compat::transform(&a, opts),
     }
 }
 
