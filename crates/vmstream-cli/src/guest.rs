@@ -1,5 +1,6 @@
 //! `vmstream guest`: a synthetic VM — memory, devices and a workload that
-//! dirties pages — controlled only through a QMP socket, so two of them
+//! dirties pages — or, with `--kvm`, a real KVM virtual machine
+//! (`vmstream-kvm`), controlled only through a QMP socket, so two of them
 //! migrate live with the same commands that migrate QEMU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,13 +8,14 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
+use vmstream_kvm::KvmGuest;
 use vmstream_migrate::control::{Controller, Direction};
 use vmstream_migrate::qmp::{
     dispatch_migration, Handler, MigrationControl, QmpError, QmpServer, MIGRATION_COMMANDS,
 };
 use vmstream_migrate::stats::Status;
 use vmstream_migrate::synthetic::{Fill, Synthetic};
-use vmstream_migrate::vm::Vcpus;
+use vmstream_migrate::vm::{Vcpus, Vm};
 
 use crate::args::{GuestArgs, GuestFill};
 
@@ -37,13 +39,72 @@ impl RunState {
     }
 }
 
+/// What the QMP commands need of a guest, synthetic or KVM.
+trait GuestVm: Send + Sync {
+    fn pause(&self) -> Result<(), String>;
+    fn resume(&self) -> Result<(), String>;
+    fn throttle(&self, percent: u8);
+    fn is_paused(&self) -> bool;
+    /// `x-query-guest`: the memory checksum, the workload's counter and the
+    /// devices, to compare both sides of a migration.
+    fn query(&self) -> Result<Value, String>;
+}
+
+impl GuestVm for Synthetic {
+    fn pause(&self) -> Result<(), String> {
+        Vcpus::pause(self)
+    }
+    fn resume(&self) -> Result<(), String> {
+        Vcpus::resume(self)
+    }
+    fn throttle(&self, percent: u8) {
+        Vcpus::throttle(self, percent)
+    }
+    fn is_paused(&self) -> bool {
+        Synthetic::is_paused(self)
+    }
+    fn query(&self) -> Result<Value, String> {
+        let devices = serde_json::to_value(self.device_states()).map_err(|e| e.to_string())?;
+        Ok(json!({
+            "memory-crc32c": self.checksum(),
+            "counter": self.counter(),
+            "devices": devices,
+        }))
+    }
+}
+
+impl GuestVm for KvmGuest {
+    fn pause(&self) -> Result<(), String> {
+        Vcpus::pause(self)
+    }
+    fn resume(&self) -> Result<(), String> {
+        Vcpus::resume(self)
+    }
+    fn throttle(&self, percent: u8) {
+        Vcpus::throttle(self, percent)
+    }
+    fn is_paused(&self) -> bool {
+        KvmGuest::is_paused(self)
+    }
+    fn query(&self) -> Result<Value, String> {
+        let serial = self.serial();
+        Ok(json!({
+            "memory-crc32c": self.checksum()?,
+            "counter": self.counter(),
+            "pages-written": self.pages_written(),
+            "serial": {"bytes-out": serial.bytes_out, "line": String::from_utf8_lossy(&serial.line)},
+            "error": self.error(),
+        }))
+    }
+}
+
 /// The vCPUs as the engine drives them. The engine pauses a source for
 /// stop-and-copy and resumes it if the migration fails, and resumes a
 /// destination once it may run; this keeps a guest that was stopped before
 /// a failed migration stopped, and with `-S` keeps an incoming guest paused
 /// until `cont`.
 struct EngineVcpus {
-    vm: Arc<Synthetic>,
+    vm: Arc<dyn GuestVm>,
     /// The next resume is the end of an incoming migration under `-S`.
     hold: AtomicBool,
     /// The guest was already paused when the engine paused it.
@@ -89,7 +150,7 @@ fn settle(st: RunState, last: Option<(Direction, Status)>, paused: bool) -> RunS
 }
 
 struct Guest {
-    vm: Arc<Synthetic>,
+    vm: Arc<dyn GuestVm>,
     control: Arc<Controller>,
     state: Arc<Mutex<RunState>>,
     quit: Arc<(Mutex<bool>, Condvar)>,
@@ -154,15 +215,7 @@ impl Handler for Guest {
                 cv.notify_all();
                 Ok(json!({}))
             }
-            "x-query-guest" => {
-                let devices = serde_json::to_value(self.vm.device_states())
-                    .map_err(|e| QmpError::generic(e.to_string()))?;
-                Ok(json!({
-                    "memory-crc32c": self.vm.checksum(),
-                    "counter": self.vm.counter(),
-                    "devices": devices,
-                }))
-            }
+            "x-query-guest" => self.vm.query().map_err(QmpError::generic),
             _ => Err(QmpError::command_not_found(name)),
         }
     }
@@ -173,12 +226,26 @@ pub(crate) fn guest(a: &GuestArgs) -> Result<std::process::ExitCode> {
     let Some(path) = a.qmp.strip_prefix("unix:") else {
         bail!("--qmp {}: expected unix:PATH", a.qmp);
     };
-    let fill = match (a.incoming, a.fill) {
-        (true, _) | (false, GuestFill::Zero) => Fill::Zero,
-        (false, GuestFill::Random) => Fill::Random,
+    let (vm, mut engine_vm, what): (Arc<dyn GuestVm>, Vm, String) = if a.kvm {
+        if let Err(e) = vmstream_kvm::kvm_available() {
+            eprintln!("vmstream guest --kvm: {e}");
+            return Ok(std::process::ExitCode::from(2));
+        }
+        let vm = kvm_guest(a)?;
+        let engine_vm = vm.vm();
+        let what = format!("KVM, {} MiB, {} vCPUs", vm.size() >> 20, a.vcpus);
+        (vm, engine_vm, what)
+    } else {
+        let fill = match (a.incoming, a.fill) {
+            (true, _) | (false, GuestFill::Zero) => Fill::Zero,
+            (false, GuestFill::Random) => Fill::Random,
+        };
+        let vm = Arc::new(Synthetic::new(a.memory, fill, a.devices, a.seed));
+        vm.start_workload(a.dirty_rate);
+        let engine_vm = vm.vm();
+        let what = format!("{} MiB, {} devices", a.memory >> 20, a.devices);
+        (vm, engine_vm, what)
     };
-    let vm = Arc::new(Synthetic::new(a.memory, fill, a.devices, a.seed));
-    vm.start_workload(a.dirty_rate);
     let state = Arc::new(Mutex::new(match (a.incoming, a.paused) {
         (true, _) => RunState::InMigrate,
         (false, true) => RunState::Paused,
@@ -192,7 +259,6 @@ pub(crate) fn guest(a: &GuestArgs) -> Result<std::process::ExitCode> {
         hold: AtomicBool::new(a.incoming && a.paused),
         was_paused: AtomicBool::new(false),
     });
-    let mut engine_vm = vm.vm();
     engine_vm.vcpus = vcpus.clone();
     let st = state.clone();
     let guest_vm = vm.clone();
@@ -226,9 +292,7 @@ pub(crate) fn guest(a: &GuestArgs) -> Result<std::process::ExitCode> {
     let server = QmpServer::bind(path, handler).with_context(|| format!("QMP socket {path}"))?;
     control.set_events(server.events());
     println!(
-        "guest: {} MiB, {} devices, dirty rate {} pages/s, QMP on {path}{}",
-        a.memory >> 20,
-        a.devices,
+        "guest: {what}, dirty rate {} pages/s, QMP on {path}{}",
         a.dirty_rate,
         if a.incoming {
             ", waiting for migrate-incoming"
@@ -250,4 +314,30 @@ pub(crate) fn guest(a: &GuestArgs) -> Result<std::process::ExitCode> {
     control.wait();
     server.shutdown();
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A KVM guest: booted into its program unless incoming, where memory and
+/// vCPU state (the dirty rate included) arrive by migration.
+fn kvm_guest(a: &GuestArgs) -> Result<Arc<KvmGuest>> {
+    let fill = match (a.incoming, a.fill) {
+        (true, _) | (false, GuestFill::Zero) => vmstream_kvm::Fill::Zero,
+        (false, GuestFill::Random) => vmstream_kvm::Fill::Random,
+    };
+    let vm = KvmGuest::new(vmstream_kvm::Config {
+        memory: a.memory.div_ceil(2 << 20).max(1) * (2 << 20),
+        vcpus: a.vcpus,
+        fill,
+        seed: a.seed,
+        boot: !a.incoming,
+        vcpu_state_version: a
+            .x_vcpu_state_version
+            .unwrap_or(vmstream_kvm::state::VCPU_VERSION),
+        sink: Arc::new(|line: &str| println!("{line}")),
+    })
+    .map_err(anyhow::Error::msg)?;
+    if !a.incoming {
+        vm.set_dirty_rate(a.dirty_rate)
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(vm)
 }

@@ -198,6 +198,14 @@ impl KvmGuest {
         if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
             return Err(format!("1 to {MAX_VCPUS} vCPUs, not {}", cfg.vcpus));
         }
+        if !(state::VCPU_OLDEST..=state::VCPU_VERSION).contains(&cfg.vcpu_state_version) {
+            return Err(format!(
+                "vCPU state version {} is not one this build saves ({}..={})",
+                cfg.vcpu_state_version,
+                state::VCPU_OLDEST,
+                state::VCPU_VERSION
+            ));
+        }
         crate::sys::install_kick_handler()?;
         let kvm = Kvm::new().map_err(|e| format!("/dev/kvm cannot be opened: {e}"))?;
         let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
@@ -327,6 +335,11 @@ impl KvmGuest {
         self.mem
             .write_obj(per_tick, GuestAddress(MAILBOX_RATE))
             .map_err(|e| format!("mailbox: {e}"))
+    }
+
+    /// Guest memory in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     /// vCPU 0's tick counter: the number its serial lines print.
