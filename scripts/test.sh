@@ -40,6 +40,7 @@ if [[ "${VMSTREAM_SKIP_QEMU:-0}" != 1 ]]; then
     scripts/install-qemu.sh
     cargo build --locked --release -p vmstream-cli
     python3 scripts/qemu_interop.py
+    python3 scripts/esp_compat.py target/release/vmstream
 fi
 
 step "done in $((SECONDS - start)) s"

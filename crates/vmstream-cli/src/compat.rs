@@ -100,6 +100,49 @@ pub(crate) fn schema_diff(args: &SchemaDiffArgs, opts: &Opts) -> Result<ExitCode
     })
 }
 
-pub(crate) fn transform(_args: &TransformArgs, _opts: &Opts) -> Result<ExitCode> {
-    anyhow::bail!("transform: not yet")
+pub(crate) fn transform(args: &TransformArgs, opts: &Opts) -> Result<ExitCode> {
+    use vmstream_compat::{rules, stream};
+    let text = std::fs::read(&args.rules)
+        .with_context(|| format!("cannot read {}", args.rules.display()))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| anyhow::anyhow!("{}: not UTF-8", args.rules.display()))?;
+    let reg = rules::parse(&text, &args.rules.display().to_string())?;
+    let mut targets = stream::Targets::default();
+    for dv in &args.device_version {
+        let (t, v) = dv
+            .rsplit_once('=')
+            .and_then(|(t, v)| Some((t, v.parse::<u32>().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("--device-version {dv:?}: expected TYPE=VERSION"))?;
+        targets.0.push((t.to_owned(), v));
+    }
+    let (format, input) = crate::input::open(&args.input)?;
+    let dir = match args.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let out = std::io::BufWriter::new(tmp.reopen()?);
+    let what = || args.input.display().to_string();
+    let (mut out, notes) = match format {
+        crate::input::Format::Qemu => {
+            let copts = opts.convert_options(&args.input, false)?;
+            stream::transform_qemu(input, out, &reg, &targets, &copts).with_context(what)?
+        }
+        crate::input::Format::Vmstream => {
+            stream::transform_vmstream(input, out, &reg, &targets, opts.limits)
+                .with_context(what)?
+        }
+    };
+    out.flush()?;
+    drop(out);
+    tmp.persist(&args.output)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    for n in &notes {
+        eprintln!("vmstream: transformed {n}");
+    }
+    if notes.is_empty() {
+        eprintln!("vmstream: note: no device matched the rules");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod diff;
+pub mod rules;
 pub mod schema;
+pub mod stream;
+pub mod transform;
 
 pub use schema::{DeviceSchema, Field, Schema, Source, StructTy, Ty};
+pub use transform::{Op, Registry, Scalar, Step};
