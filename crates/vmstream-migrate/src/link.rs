@@ -168,6 +168,62 @@ impl Cancel {
     }
 }
 
+/// Aborts a migration (cutting every connection) unless disarmed in time:
+/// how a side that waits for its peer's answer gives up on a peer that
+/// hangs, or whose stream was corrupted into a record length that leaves the
+/// reader waiting for bytes that never come.
+pub(crate) struct Watchdog {
+    done: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    fired: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Aborts `cancel`'s migration after `after`, unless dropped before.
+    pub(crate) fn arm(cancel: &Cancel, after: std::time::Duration) -> Watchdog {
+        let done = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let fired = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (done, fired, cancel) = (done.clone(), fired.clone(), cancel.clone());
+            std::thread::Builder::new()
+                .name("migration-watchdog".into())
+                .spawn(move || {
+                    let (lock, cv) = &*done;
+                    let Ok(g) = lock.lock() else { return };
+                    if let Ok((g, _)) = cv.wait_timeout_while(g, after, |done| !*done) {
+                        if !*g {
+                            fired.store(true, Ordering::SeqCst);
+                            cancel.abort();
+                        }
+                    }
+                })
+                .ok()
+        };
+        Watchdog {
+            done,
+            fired,
+            thread,
+        }
+    }
+
+    /// Whether the time ran out.
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.done.0.lock() {
+            *d = true;
+        }
+        self.done.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// One connection shared by a reader and a writer on the same thread (the
 /// main channel carries a stream each way).
 pub(crate) struct Shared(Arc<Mutex<Box<dyn Link>>>);

@@ -17,7 +17,7 @@ use vmstream::{
     Compression, Header, Limits, RamBlock, Record, StreamKind, StreamReader, WriterOptions,
 };
 
-use crate::link::{Cancel, Connections, Counted, Link, Shared};
+use crate::link::{Cancel, Connections, Counted, Link, Shared, Watchdog};
 use crate::out::{device_digest, memory_digests, read_control, Out};
 use crate::proto::source::{
     AfterComplete, AfterRound, AutoConverge, Convergence, Handshake, Round,
@@ -52,6 +52,11 @@ pub struct Params {
     pub max_cpu_throttle: u8,
     /// Architecture recorded in stream headers.
     pub arch: vmstream::Arch,
+    /// How long to wait for each answer of the destination (`accept`,
+    /// `ready`, `done`) before giving up and taking the VM back, ms. The wait
+    /// for `ready` gets one more second per 256 MiB of guest memory, which the
+    /// destination checksums before it answers.
+    pub answer_timeout_ms: u64,
 }
 
 impl Default for Params {
@@ -66,6 +71,7 @@ impl Default for Params {
             cpu_throttle_increment: 10,
             max_cpu_throttle: 99,
             arch: vmstream::Arch::X86_64,
+            answer_timeout_ms: 60_000,
         }
     }
 }
@@ -194,6 +200,24 @@ fn send_round<W: Write>(
         stats.counters.duplicate.fetch_add(zero, Ordering::Relaxed);
     }
     w.epoch(epoch)
+}
+
+/// Reads the destination's next message, giving up after `timeout`.
+fn answer<R: std::io::Read>(
+    back: &mut StreamReader<R>,
+    cancel: &Cancel,
+    timeout: Duration,
+    what: &str,
+) -> Result<proto::Control, Error> {
+    let dog = Watchdog::arm(cancel, timeout);
+    let r = read_control(back);
+    if dog.fired() {
+        return Err(Error::peer(format!(
+            "no {what} from the destination within {} ms",
+            timeout.as_millis()
+        )));
+    }
+    r
 }
 
 enum Job {
@@ -385,7 +409,14 @@ fn run(
     } else {
         None
     };
-    let mut precopy = handshake.answer(back.as_mut().map(read_control).transpose()?)?;
+    let memory: u64 = regions.iter().map(|r| r.size).sum();
+    let timeout = Duration::from_millis(params.answer_timeout_ms);
+    let ready_timeout = timeout + Duration::from_secs(memory >> 28);
+    let reply = back
+        .as_mut()
+        .map(|b| answer(b, cancel, timeout, "accept"))
+        .transpose()?;
+    let mut precopy = handshake.answer(reply)?;
     let accept = precopy.accept().clone();
     main.info(&vmstream::to_value(&accept)?)?;
     let blocks = ram_blocks(vm);
@@ -574,7 +605,7 @@ fn run(
             }
         };
         let (ready, back) = ready;
-        let (commit, go) = ready.answer(read_control(back)?)?;
+        let (commit, go) = ready.answer(answer(back, cancel, ready_timeout, "ready")?)?;
         if cancel.is_stopped() {
             return Err(Error::cancelled());
         }
@@ -582,7 +613,7 @@ fn run(
         *committed = true;
         main.control(&go)?;
         main.finish()?;
-        commit.answer(read_control(back)?)?;
+        commit.answer(answer(back, cancel, timeout, "done")?)?;
         // The destination ends its stream after `done`; read to that end so
         // neither side closes under the other's last write. The outcome is
         // already known, so an error here changes nothing.
