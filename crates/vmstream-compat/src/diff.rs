@@ -160,14 +160,27 @@ impl Report {
 /// one kind, else by vmstate name.
 pub fn diff(old: &Schema, new: &Schema) -> Report {
     let by_key = old.source == new.source;
-    let find = |s: &'_ Schema, d: &DeviceSchema| -> Option<usize> {
+    // the first device not matched yet: same key (and instance, where both
+    // say one), else, across kinds, the same vmstate name
+    let find = |s: &'_ Schema, d: &DeviceSchema, seen: &[bool]| -> Option<usize> {
+        let free = |i: &usize| !seen[*i];
+        let same_key = |x: &DeviceSchema| {
+            x.key == d.key
+                && match (&x.instance, &d.instance) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                }
+        };
+        let by_name = (0..s.devices.len())
+            .filter(free)
+            .find(|&i| s.devices[i].ty.name.is_some() && s.devices[i].ty.name == d.ty.name);
+        let by_k = (0..s.devices.len())
+            .filter(free)
+            .find(|&i| same_key(&s.devices[i]));
         if by_key {
-            s.devices.iter().position(|x| x.key == d.key)
+            by_k
         } else {
-            s.devices
-                .iter()
-                .position(|x| x.ty.name.is_some() && x.ty.name == d.ty.name)
-                .or_else(|| s.devices.iter().position(|x| x.key == d.key))
+            by_name.or(by_k)
         }
     };
     let mut report = Report {
@@ -181,7 +194,7 @@ pub fn diff(old: &Schema, new: &Schema) -> Report {
     let mut seen_new = vec![false; new.devices.len()];
     for o in &old.devices {
         let vmsd = o.ty.name.clone();
-        match find(new, o) {
+        match find(new, o, &seen_new) {
             Some(i) => {
                 seen_new[i] = true;
                 report.compared += 1;

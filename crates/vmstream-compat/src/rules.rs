@@ -19,7 +19,7 @@
 use serde::Deserialize;
 use vmstream::{Error, ErrorKind, Result, Value};
 
-use crate::transform::{Op, Part, Registry, Scalar, Step};
+use crate::transform::{DeviceMerge, DevicePart, DeviceSplit, Op, Part, Registry, Scalar, Step};
 
 /// Largest rules file read, in bytes.
 pub const MAX_RULES: usize = 1 << 20;
@@ -29,6 +29,47 @@ pub const MAX_RULES: usize = 1 << 20;
 struct File {
     #[serde(rename = "type", default)]
     types: Vec<TypeRules>,
+    #[serde(default)]
+    split: Vec<SplitRules>,
+    #[serde(default)]
+    merge: Vec<MergeRules>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicePartRules {
+    #[serde(rename = "type")]
+    ty: String,
+    version: u32,
+    #[serde(default)]
+    suffix: String,
+    #[serde(default)]
+    fields: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitRules {
+    #[serde(rename = "type")]
+    ty: String,
+    version: u32,
+    parts: Vec<DevicePartRules>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeRules {
+    parts: Vec<DevicePartRules>,
+    into: DevicePartRules,
+}
+
+fn device_part(p: &DevicePartRules) -> DevicePart {
+    DevicePart {
+        ty: p.ty.clone(),
+        version: p.version,
+        suffix: p.suffix.clone(),
+        fields: p.fields.clone(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +143,12 @@ enum OpRules {
         into: String,
         #[serde(rename = "type")]
         ty: String,
+    },
+    AddSubsection {
+        field: String,
+    },
+    RemoveSubsection {
+        field: String,
     },
 }
 
@@ -211,6 +258,12 @@ fn op(o: &OpRules, at: &str) -> std::result::Result<Op, String> {
                 into: parts(into, at)?,
             }
         }
+        OpRules::AddSubsection { field } => Op::AddSubsection {
+            field: field.clone(),
+        },
+        OpRules::RemoveSubsection { field } => Op::RemoveSubsection {
+            field: field.clone(),
+        },
         OpRules::Merge {
             parts: ps,
             into,
@@ -284,6 +337,33 @@ pub fn parse(text: &str, name: &str) -> Result<Registry> {
             reg.step(&t.name, step)
                 .map_err(|e| bad(format!("{at}: {}", e.message())))?;
         }
+    }
+    for (i, sp) in file.split.iter().enumerate() {
+        let at = format!("{name}: [[split]] {} (type {:?})", i + 1, sp.ty);
+        if sp.parts.len() < 2 {
+            return Err(bad(format!("{at}: a split has at least two parts")));
+        }
+        let mut suffixes: Vec<&str> = sp.parts.iter().map(|p| p.suffix.as_str()).collect();
+        suffixes.sort_unstable();
+        suffixes.dedup();
+        if suffixes.len() != sp.parts.len() {
+            return Err(bad(format!("{at}: the parts need distinct suffixes")));
+        }
+        reg.split(DeviceSplit {
+            ty: sp.ty.clone(),
+            version: sp.version,
+            parts: sp.parts.iter().map(device_part).collect(),
+        });
+    }
+    for (i, mg) in file.merge.iter().enumerate() {
+        let at = format!("{name}: [[merge]] {} (into {:?})", i + 1, mg.into.ty);
+        if mg.parts.len() < 2 {
+            return Err(bad(format!("{at}: a merge has at least two parts")));
+        }
+        reg.merge(DeviceMerge {
+            parts: mg.parts.iter().map(device_part).collect(),
+            into: device_part(&mg.into),
+        });
     }
     Ok(reg)
 }

@@ -792,6 +792,27 @@ impl StructTy {
         }
     }
 
+    /// The schema of a Rust device type at `version`, traced from a
+    /// representative value through serde (`Default::default()` is usual):
+    /// field names and exact integer widths in order. An empty sequence or a
+    /// `None` gives `any` for its element; declare those with [`Field`] where
+    /// it matters.
+    pub fn of<T: serde::Serialize>(name: &str, version: u32, sample: &T) -> Result<StructTy> {
+        let mut st = StructTy::of_value(&vmstream::to_value(sample)?);
+        st.name = Some(name.to_owned());
+        st.version = version;
+        Ok(st)
+    }
+
+    /// The `schema` record of this struct as device type `type_name`.
+    pub fn to_record(&self, type_name: &str) -> vmstream::record::SchemaRecord {
+        vmstream::record::SchemaRecord {
+            type_name: type_name.to_owned(),
+            version: self.version,
+            schema: self.to_description(),
+        }
+    }
+
     /// A struct of these fields at `version`.
     pub fn new(name: impl Into<String>, version: u32, fields: Vec<Field>) -> StructTy {
         StructTy {

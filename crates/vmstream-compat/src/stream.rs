@@ -45,6 +45,8 @@ pub fn transform_vmstream<R: Read, W: Write>(
     let header = r.header().clone();
     let mut w = StreamWriter::new(out, header, WriterOptions::default().with_limits(limits))?;
     let mut notes = Notes::new();
+    // merges waiting for parts: (merge, base name, instance, parts)
+    let mut pending: Vec<(usize, String, u32, Vec<Option<Value>>)> = Vec::new();
     while let Some(item) = r.next()? {
         match item.record {
             Record::Info(v) => w.write_info(&v)?,
@@ -59,6 +61,68 @@ pub fn transform_vmstream<R: Read, W: Write>(
                         ));
                         d.version = to;
                     }
+                }
+                if let Some(sp) = reg
+                    .splits()
+                    .iter()
+                    .find(|s| s.ty == d.type_name && s.version == d.version)
+                {
+                    for (name, ty, version, value) in sp.apply(&d.name, d.value)? {
+                        notes.push(format!(
+                            "{} ({}) -> {name} ({ty} version {version})",
+                            d.name, d.type_name
+                        ));
+                        w.write_device(&DeviceState {
+                            name,
+                            instance_id: d.instance_id,
+                            type_name: ty,
+                            version,
+                            value,
+                        })?;
+                    }
+                    continue;
+                }
+                let part = reg.merges().iter().enumerate().find_map(|(m, mg)| {
+                    mg.part_of(&d.type_name, d.version, &d.name)
+                        .map(|(i, base)| (m, i, base))
+                });
+                if let Some((m, i, base)) = part {
+                    let mg = &reg.merges()[m];
+                    let slot = match pending
+                        .iter()
+                        .position(|(pm, b, id, _)| *pm == m && *b == base && *id == d.instance_id)
+                    {
+                        Some(k) => k,
+                        None => {
+                            pending.push((
+                                m,
+                                base.clone(),
+                                d.instance_id,
+                                vec![None; mg.parts.len()],
+                            ));
+                            pending.len() - 1
+                        }
+                    };
+                    pending[slot].3[i] = Some(d.value);
+                    if pending[slot].3.iter().all(Option::is_some) {
+                        let (_, base, id, vals) = pending.remove(slot);
+                        let (name, value) =
+                            mg.apply(&base, vals.into_iter().flatten().collect())?;
+                        notes.push(format!(
+                            "{} part(s) of {base} -> {name} ({} version {})",
+                            mg.parts.len(),
+                            mg.into.ty,
+                            mg.into.version
+                        ));
+                        w.write_device(&DeviceState {
+                            name,
+                            instance_id: id,
+                            type_name: mg.into.ty.clone(),
+                            version: mg.into.version,
+                            value,
+                        })?;
+                    }
+                    continue;
                 }
                 w.write_device(&d)?;
             }
@@ -76,6 +140,24 @@ pub fn transform_vmstream<R: Read, W: Write>(
             Record::Index(_) | Record::End(_) | Record::Names { .. } => {}
             _ => {}
         }
+    }
+    if let Some((m, base, _, parts)) = pending.first() {
+        let mg = &reg.merges()[*m];
+        let missing: Vec<&str> = mg
+            .parts
+            .iter()
+            .zip(parts)
+            .filter(|(_, v)| v.is_none())
+            .map(|(p, _)| p.ty.as_str())
+            .collect();
+        return Err(Error::new(
+            ErrorKind::Incompatible,
+            format!(
+                "device {base:?}: the merge into {:?} lacks its part(s) {}",
+                mg.into.ty,
+                missing.join(", ")
+            ),
+        ));
     }
     Ok((w.finish()?, notes))
 }
@@ -269,6 +351,12 @@ fn desc_op(op: &Op, fs: &mut Vec<Json>, vmsd: &str) -> Result<()> {
             }
             let (t, size) = ty.qemu();
             fs.insert(i.min(fs.len()), serde_json::json!({"name": into, "type": t, "size": size}));
+        }
+        Op::AddSubsection { .. } | Op::RemoveSubsection { .. } => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("vmstate {vmsd:?}: a QEMU subsection is a vmstate of its own; add or remove it in the QEMU release"),
+            ))
         }
         Op::Nest { .. } | Op::Unnest { .. } => {
             return Err(Error::new(

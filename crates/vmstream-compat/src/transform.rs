@@ -196,6 +196,18 @@ pub enum Op {
         /// The parts.
         into: Vec<Part>,
     },
+    /// An optional part (a subsection) appears, absent in what came from a
+    /// version without it.
+    AddSubsection {
+        /// The field holding it (an option).
+        field: String,
+    },
+    /// An optional part goes; an error when it is present (the target cannot
+    /// hold it).
+    RemoveSubsection {
+        /// The field holding it.
+        field: String,
+    },
     /// Integer parts merge into one, low bits first.
     Merge {
         /// The parts.
@@ -261,6 +273,8 @@ impl Op {
                 ty,
                 into: parts,
             },
+            Op::AddSubsection { field } => Op::RemoveSubsection { field },
+            Op::RemoveSubsection { field } => Op::AddSubsection { field },
         })
     }
 }
@@ -449,6 +463,27 @@ pub fn apply(op: &Op, v: &mut Value, cx: &Ctx<'_>) -> Result<()> {
                 fs.insert(at + k, (p.field.clone(), pv));
             }
         }
+        Op::AddSubsection { field } => {
+            insert_after(fs, None, field.clone(), Value::Option(None), cx)?;
+        }
+        Op::RemoveSubsection { field } => {
+            let (_, val) = take(fs, field, cx)?;
+            match val {
+                Value::Option(None) => {}
+                Value::Option(Some(_)) => {
+                    return Err(cx.err(
+                        field,
+                        format!("the subsection is present; version {} has none", cx.to),
+                    ))
+                }
+                other => {
+                    return Err(cx.err(
+                        field,
+                        format!("a subsection is an option, not {}", other.type_name()),
+                    ))
+                }
+            }
+        }
         Op::Merge { parts, into, ty } => {
             let first = parts
                 .first()
@@ -478,6 +513,139 @@ pub fn apply(op: &Op, v: &mut Value, cx: &Ctx<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One part of a device split: the fields that go to a device of another type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicePart {
+    /// The part's device type.
+    pub ty: String,
+    /// Its version.
+    pub version: u32,
+    /// Appended to the instance name (`serial0` + `/fifo`); one part may have `""`.
+    pub suffix: String,
+    /// The fields it takes, in order.
+    pub fields: Vec<String>,
+}
+
+/// One device type becoming several: a device of `ty` at `version` splits
+/// into `parts`, every field going to exactly one part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSplit {
+    /// The type that splits.
+    pub ty: String,
+    /// At this version.
+    pub version: u32,
+    /// The parts.
+    pub parts: Vec<DevicePart>,
+}
+
+/// Several device types becoming one (the inverse of a split): devices whose
+/// names are one base name plus each part's suffix merge into one device of
+/// `into.ty` named base + `into.suffix`, fields in the parts' order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceMerge {
+    /// The parts (their `fields` are those expected, checked).
+    pub parts: Vec<DevicePart>,
+    /// The merged device: type, version and suffix (its `fields` are unused).
+    pub into: DevicePart,
+}
+
+impl DeviceSplit {
+    /// The merge that undoes this split.
+    pub fn inverse(&self) -> DeviceMerge {
+        DeviceMerge {
+            parts: self.parts.clone(),
+            into: DevicePart {
+                ty: self.ty.clone(),
+                version: self.version,
+                suffix: String::new(),
+                fields: Vec::new(),
+            },
+        }
+    }
+
+    /// Splits one device state; an error names a field no part takes.
+    pub fn apply(&self, name: &str, value: Value) -> Result<Vec<(String, String, u32, Value)>> {
+        let Value::Struct(mut fs) = value else {
+            return Err(Error::new(
+                ErrorKind::Incompatible,
+                format!("device {name:?}: a split takes a struct"),
+            ));
+        };
+        let mut out = Vec::with_capacity(self.parts.len());
+        for p in &self.parts {
+            let mut taken = Vec::with_capacity(p.fields.len());
+            for f in &p.fields {
+                let i = pos(&fs, f).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Incompatible,
+                        format!(
+                            "device {name:?} (type {:?}, version {}): no field {f:?} for part {:?}",
+                            self.ty, self.version, p.ty
+                        ),
+                    )
+                })?;
+                taken.push(fs.remove(i));
+            }
+            out.push((
+                format!("{name}{}", p.suffix),
+                p.ty.clone(),
+                p.version,
+                Value::Struct(taken),
+            ));
+        }
+        if let Some((f, _)) = fs.first() {
+            return Err(Error::new(
+                ErrorKind::Incompatible,
+                format!(
+                    "device {name:?} (type {:?}, version {}): no part takes field {f:?}",
+                    self.ty, self.version
+                ),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+impl DeviceMerge {
+    /// The part a device of `ty`/`version` named `name` is, with the base name.
+    pub fn part_of(&self, ty: &str, version: u32, name: &str) -> Option<(usize, String)> {
+        self.parts.iter().enumerate().find_map(|(i, p)| {
+            (p.ty == ty && p.version == version)
+                .then(|| {
+                    name.strip_suffix(p.suffix.as_str())
+                        .map(|b| (i, b.to_owned()))
+                })
+                .flatten()
+        })
+    }
+
+    /// Merges the parts' states (in the order of `parts`).
+    pub fn apply(&self, base: &str, parts: Vec<Value>) -> Result<(String, Value)> {
+        let mut fs: Vec<(String, Value)> = Vec::new();
+        for (p, v) in self.parts.iter().zip(parts) {
+            let Value::Struct(pf) = v else {
+                return Err(Error::new(
+                    ErrorKind::Incompatible,
+                    format!("device {base:?}{}: not a struct", p.suffix),
+                ));
+            };
+            for (n, val) in pf {
+                if pos(&fs, &n).is_some() {
+                    return Err(Error::new(
+                        ErrorKind::Incompatible,
+                        format!(
+                            "device {base:?}: field {n:?} is in two parts of the merge into {:?}",
+                            self.into.ty
+                        ),
+                    ));
+                }
+                fs.push((n, val));
+            }
+        }
+        Ok((format!("{base}{}", self.into.suffix), Value::Struct(fs)))
+    }
 }
 
 /// One version step of a type: `from` → `to` is `up`, the way back `down`.
@@ -518,6 +686,8 @@ pub struct TypeTransforms {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Registry {
     types: Vec<(String, TypeTransforms)>,
+    splits: Vec<DeviceSplit>,
+    merges: Vec<DeviceMerge>,
 }
 
 impl Registry {
@@ -560,6 +730,28 @@ impl Registry {
         }
         t.steps.push(step);
         Ok(self)
+    }
+
+    /// Registers a device split (applied to devices of the type at that version).
+    pub fn split(&mut self, split: DeviceSplit) -> &mut Registry {
+        self.splits.push(split);
+        self
+    }
+
+    /// Registers a device merge.
+    pub fn merge(&mut self, merge: DeviceMerge) -> &mut Registry {
+        self.merges.push(merge);
+        self
+    }
+
+    /// The registered splits.
+    pub fn splits(&self) -> &[DeviceSplit] {
+        &self.splits
+    }
+
+    /// The registered merges.
+    pub fn merges(&self) -> &[DeviceMerge] {
+        &self.merges
     }
 
     /// The registered types.

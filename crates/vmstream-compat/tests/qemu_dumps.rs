@@ -1,6 +1,8 @@
 //! `schema-diff` on `-dump-vmstate` output of the installed QEMU 7.2 and 10.0
 //! (scripts/install-qemu.sh; skipped with a note where either is missing).
 
+#![allow(clippy::unwrap_used)] // test helpers
+
 use std::path::PathBuf;
 use std::process::Command;
 
