@@ -527,12 +527,8 @@ impl Cx {
             }
         };
         let (ta, tb) = (unwrap(&a.ty), unwrap(&b.ty));
-        let padding = self.per_elem
-            && (a.name == "unused" || b.name == "unused")
-            && match (self.size(a), self.size(b)) {
-                (Some(x), Some(y)) => x > 0 && y > 0 && (x % y == 0 || y % x == 0),
-                _ => false,
-            };
+        // paired with a padding field by `align`, which checked the sizes
+        let padding = a.name == "unused" || b.name == "unused";
         let nested = match (&ta, &tb) {
             (Ty::Struct(x), Ty::Struct(y)) => Some((x, y)),
             (Ty::Seq(x, _), Ty::Seq(y, _)) if self.size(a) == self.size(b) => match (&**x, &**y) {
@@ -588,6 +584,22 @@ fn field_text(f: &Field) -> String {
 }
 
 impl Cx {
+    /// How many fields from the front of `fs` add up to `want` bytes exactly.
+    fn run(self, fs: &[Field], want: Option<u64>) -> Option<usize> {
+        let want = want?;
+        let mut sum = 0u64;
+        for (k, f) in fs.iter().enumerate() {
+            sum = sum.checked_add(self.size(f)?)?;
+            if sum == want {
+                return Some(k + 1);
+            }
+            if sum > want {
+                return None;
+            }
+        }
+        None
+    }
+
     /// Pairs fields: same name (in order, longest common subsequence), then, in
     /// each gap between such pairs, fields at the same place of the same size and
     /// compatible type (renames). Unpaired fields are `(Some, None)` / `(None, Some)`.
@@ -633,9 +645,26 @@ impl Cx {
         for (ai, bj) in anchors.into_iter().chain(std::iter::once((n, m))) {
             let (ga, gb) = (pi..ai, pj..bj);
             let (la, lb) = (ga.len(), gb.len());
-            let mut x = 0;
-            while x < la.min(lb) {
-                let (fa, fb) = (&a[pi + x], &b[pj + x]);
+            let (mut xa, mut xb) = (0, 0);
+            while xa < la && xb < lb {
+                let (fa, fb) = (&a[pi + xa], &b[pj + xb]);
+                // several fields that became one padding field of their total
+                // size (VMSTATE_UNUSED), or the reverse
+                if fb.name == "unused" && fa.name != "unused" {
+                    if let Some(k) = self.run(&a[pi + xa..ai], self.size(fb)) {
+                        out.extend((0..k).map(|t| (Some(pi + xa + t), Some(pj + xb))));
+                        xa += k;
+                        xb += 1;
+                        continue;
+                    }
+                } else if fa.name == "unused" && fb.name != "unused" {
+                    if let Some(k) = self.run(&b[pj + xb..bj], self.size(fa)) {
+                        out.extend((0..k).map(|t| (Some(pi + xa), Some(pj + xb + t))));
+                        xa += 1;
+                        xb += k;
+                        continue;
+                    }
+                }
                 let padding = self.per_elem && (fa.name == "unused" || fb.name == "unused");
                 let same_shape = padding
                     || self.size(fa) == self.size(fb)
@@ -646,11 +675,12 @@ impl Cx {
                 if !same_shape {
                     break;
                 }
-                out.push((Some(pi + x), Some(pj + x)));
-                x += 1;
+                out.push((Some(pi + xa), Some(pj + xb)));
+                xa += 1;
+                xb += 1;
             }
-            out.extend((pi + x..ai).map(|i| (Some(i), None)));
-            out.extend((pj + x..bj).map(|j| (None, Some(j))));
+            out.extend((pi + xa..ai).map(|i| (Some(i), None)));
+            out.extend((pj + xb..bj).map(|j| (None, Some(j))));
             if ai < n && bj < m {
                 out.push((Some(ai), Some(bj)));
             }
