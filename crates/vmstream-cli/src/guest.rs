@@ -227,11 +227,12 @@ pub(crate) fn guest(a: &GuestArgs) -> Result<std::process::ExitCode> {
         bail!("--qmp {}: expected unix:PATH", a.qmp);
     };
     let (vm, mut engine_vm, what): (Arc<dyn GuestVm>, Vm, String) = if a.kvm {
-        if let Err(e) = vmstream_kvm::kvm_available() {
+        let device = kvm_device();
+        if let Err(e) = vmstream_kvm::kvm_available(&device) {
             eprintln!("vmstream guest --kvm: {e}");
             return Ok(std::process::ExitCode::from(2));
         }
-        let vm = kvm_guest(a)?;
+        let vm = kvm_guest(a, device)?;
         let engine_vm = vm.vm();
         let what = format!("KVM, {} MiB, {} vCPUs", vm.size() >> 20, a.vcpus);
         (vm, engine_vm, what)
@@ -316,14 +317,22 @@ pub(crate) fn guest(a: &GuestArgs) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// The KVM device node: `VMSTREAM_KVM_DEVICE`, or /dev/kvm.
+fn kvm_device() -> std::path::PathBuf {
+    std::env::var_os("VMSTREAM_KVM_DEVICE")
+        .map(Into::into)
+        .unwrap_or_else(|| vmstream_kvm::KVM_DEVICE.into())
+}
+
 /// A KVM guest: booted into its program unless incoming, where memory and
 /// vCPU state (the dirty rate included) arrive by migration.
-fn kvm_guest(a: &GuestArgs) -> Result<Arc<KvmGuest>> {
+fn kvm_guest(a: &GuestArgs, device: std::path::PathBuf) -> Result<Arc<KvmGuest>> {
     let fill = match (a.incoming, a.fill) {
         (true, _) | (false, GuestFill::Zero) => vmstream_kvm::Fill::Zero,
         (false, GuestFill::Random) => vmstream_kvm::Fill::Random,
     };
     let vm = KvmGuest::new(vmstream_kvm::Config {
+        device,
         memory: a.memory.div_ceil(2 << 20).max(1) * (2 << 20),
         vcpus: a.vcpus,
         fill,

@@ -4,7 +4,7 @@
 //! destination and a cut channel leave the source guest running; a snapshot
 //! of a paused guest (to a `file:` channel) restores into a new process, also
 //! one saved with the previous vCPU state version, which loads through a
-//! transform.
+//! transform. Without KVM the command says so in one line and exits 2.
 //!
 //! After every migration the destination holds the frozen source's memory,
 //! counter and serial state; once running, its serial port goes on printing
@@ -24,7 +24,7 @@ mod common;
 use common::*;
 
 fn kvm() -> bool {
-    match vmstream_kvm::kvm_available() {
+    match vmstream_kvm::kvm_available(Path::new(vmstream_kvm::KVM_DEVICE)) {
         Ok(()) => true,
         Err(e) => {
             eprintln!("skipped: {e}");
@@ -302,4 +302,23 @@ fn a_snapshot_with_version_1_vcpu_state_loads_through_the_transform() {
         return;
     }
     snapshot_restores(&["--x-vcpu-state-version", "1"], 1);
+}
+
+#[test]
+fn without_kvm_the_command_says_so_in_one_line_and_exits_2() {
+    let dir = TempDir::new().unwrap();
+    for device in ["/nonexistent/kvm", "/dev/null"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmstream"))
+            .args(["guest", "--kvm", "--memory", "16M", "--qmp"])
+            .arg(format!("unix:{}", dir.path().join("g.qmp").display()))
+            .env("VMSTREAM_KVM_DEVICE", device)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{device}: {out:?}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(device), "{err}");
+        assert!(out.stdout.is_empty());
+        assert!(!dir.path().join("g.qmp").exists());
+    }
 }

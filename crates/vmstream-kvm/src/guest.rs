@@ -3,11 +3,13 @@
 //! embedding API over all of it.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crc_fast::CrcAlgorithm;
 use kvm_bindings::{
     kvm_mp_state, kvm_segment, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
 };
@@ -59,6 +61,8 @@ pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
 /// A KVM guest's shape.
 #[derive(Clone)]
 pub struct Config {
+    /// The KVM device node ([`KVM_DEVICE`]).
+    pub device: PathBuf,
     /// Memory in bytes (a multiple of 2 MiB, 2 MiB ..= [`MAX_MEMORY`]).
     pub memory: u64,
     /// vCPUs (1 ..= [`MAX_VCPUS`]).
@@ -88,11 +92,28 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// Whether `/dev/kvm` can be opened; the error says why not.
-pub fn kvm_available() -> Result<(), String> {
-    Kvm::new()
-        .map(drop)
-        .map_err(|e| format!("/dev/kvm cannot be opened: {e}"))
+/// The KVM device node.
+pub const KVM_DEVICE: &str = "/dev/kvm";
+
+fn open_kvm(device: &Path) -> Result<Kvm, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(device.as_os_str().as_bytes())
+        .map_err(|_| format!("{}: a path with a NUL byte", device.display()))?;
+    let kvm = Kvm::new_with_path(path)
+        .map_err(|e| format!("{} cannot be opened: {e}", device.display()))?;
+    match kvm.get_api_version() {
+        12 => Ok(kvm),
+        v => Err(format!(
+            "{} is not KVM (API version {v}, 12 expected)",
+            device.display()
+        )),
+    }
+}
+
+/// Whether `device` (normally [`KVM_DEVICE`]) opens as KVM; the error says
+/// why not.
+pub fn kvm_available(device: &Path) -> Result<(), String> {
+    open_kvm(device).map(drop)
 }
 
 /// A state captured when the vCPUs park and written back before they run:
@@ -207,7 +228,7 @@ impl KvmGuest {
             ));
         }
         crate::sys::install_kick_handler()?;
-        let kvm = Kvm::new().map_err(|e| format!("/dev/kvm cannot be opened: {e}"))?;
+        let kvm = open_kvm(&cfg.device)?;
         let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
         // Intel needs a TSS area below 4 GiB outside guest memory.
         let _ = vm.set_tss_address(0xfffb_d000);
@@ -696,6 +717,58 @@ impl GuestMemory for KvmGuest {
         self.mem
             .write_slice(data, GuestAddress(offset))
             .map_err(|e| format!("writing guest memory at {offset:#x}: {e}"))
+    }
+
+    /// The region's CRC32C in parallel pieces, combined: the digest a
+    /// migration takes while the guest is stopped, so its time is downtime.
+    fn crc32c(&self, region: &Region) -> Result<u32, String> {
+        if region.id != 0 {
+            return Err(format!("no region {}", region.id));
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let piece = self
+            .size
+            .div_ceil(threads as u64)
+            .next_multiple_of(CRC_CHUNK);
+        let pieces: Vec<(u64, u64)> = (0..self.size)
+            .step_by(piece as usize)
+            .map(|at| (at, piece.min(self.size - at)))
+            .collect();
+        let crcs = std::thread::scope(|s| {
+            let handles: Vec<_> = pieces
+                .iter()
+                .map(|&(at, len)| s.spawn(move || self.crc_range(at, len)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| "a checksum thread panicked".to_owned())?
+                })
+                .collect::<Result<Vec<u32>, String>>()
+        })?;
+        let mut crc = u64::from(crcs[0]);
+        for (c, &(_, len)) in crcs.iter().zip(&pieces).skip(1) {
+            crc = crc_fast::checksum_combine(CrcAlgorithm::Crc32Iscsi, crc, u64::from(*c), len);
+        }
+        Ok(crc as u32)
+    }
+}
+
+const CRC_CHUNK: u64 = 1 << 20;
+
+impl KvmGuest {
+    fn crc_range(&self, at: u64, len: u64) -> Result<u32, String> {
+        let mut buf = vec![0u8; CRC_CHUNK as usize];
+        let mut crc = vmstream::Crc32c::new();
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CRC_CHUNK) as usize;
+            self.read(0, at + done, &mut buf[..n])?;
+            crc.update(&buf[..n]);
+            done += n as u64;
+        }
+        Ok(crc.finish())
     }
 }
 

@@ -21,4 +21,6 @@ pub mod state;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use guest::{kvm_available, Config, Fill, KvmGuest, LineSink, MAX_MEMORY, MAX_VCPUS};
+pub use guest::{
+    kvm_available, Config, Fill, KvmGuest, LineSink, KVM_DEVICE, MAX_MEMORY, MAX_VCPUS,
+};

@@ -7,11 +7,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vmstream_kvm::{kvm_available, Config, Fill, KvmGuest};
+use std::path::Path;
+
+use vmstream_kvm::{kvm_available, Config, Fill, KvmGuest, KVM_DEVICE};
 use vmstream_migrate::vm::{DirtyLog, GuestMemory, Vcpus};
 
 fn kvm() -> bool {
-    match kvm_available() {
+    match kvm_available(Path::new(KVM_DEVICE)) {
         Ok(()) => true,
         Err(e) => {
             eprintln!("skipped: {e}");
@@ -25,6 +27,7 @@ type Lines = Arc<Mutex<Vec<String>>>;
 fn config(memory: u64, vcpus: u8, boot: bool, lines: &Lines) -> Config {
     let l = lines.clone();
     Config {
+        device: KVM_DEVICE.into(),
         memory,
         vcpus,
         fill: Fill::Zero,
@@ -122,6 +125,8 @@ fn restore(version: u32) {
         }
     }
     assert_eq!(a.checksum().unwrap(), b.checksum().unwrap());
+    // The parallel checksum is the CRC32C of the whole region.
+    assert_eq!(a.checksum().unwrap(), vmstream::crc32c(&buf));
     b.resume().unwrap();
     wait_for("b prints", || lb.lock().unwrap().len() >= 2);
     let c = counters(&lb);
