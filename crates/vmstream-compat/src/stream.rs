@@ -47,10 +47,22 @@ pub fn transform_vmstream<R: Read, W: Write>(
     let mut notes = Notes::new();
     // merges waiting for parts: (merge, base name, instance, parts)
     let mut pending: Vec<(usize, String, u32, Vec<Option<Value>>)> = Vec::new();
+    // schema records written for transformed versions
+    let mut schemas: Vec<(String, u32)> = Vec::new();
     while let Some(item) = r.next()? {
         match item.record {
             Record::Info(v) => w.write_info(&v)?,
-            Record::Schema(s) => w.write_schema(&s)?,
+            Record::Schema(s) => {
+                // a schema of a version the devices leave is replaced by the
+                // new version's, written before the first device of it
+                let leaves = reg.get(&s.type_name).is_some()
+                    && targets
+                        .of(reg, &s.type_name)
+                        .is_some_and(|t| t != s.version);
+                if !leaves {
+                    w.write_schema(&s)?;
+                }
+            }
             Record::Device(mut d) => {
                 if let Some(to) = targets.of(reg, &d.type_name) {
                     if to != d.version && reg.get(&d.type_name).is_some() {
@@ -60,6 +72,12 @@ pub fn transform_vmstream<R: Read, W: Write>(
                             d.name, d.type_name, d.version
                         ));
                         d.version = to;
+                        if !schemas.iter().any(|(t, v)| *t == d.type_name && *v == to) {
+                            let mut st = crate::schema::StructTy::of_value(&d.value);
+                            st.version = to;
+                            w.write_schema(&st.to_record(&d.type_name))?;
+                            schemas.push((d.type_name.clone(), to));
+                        }
                     }
                 }
                 if let Some(sp) = reg
