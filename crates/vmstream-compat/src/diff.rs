@@ -19,7 +19,7 @@ use std::fmt;
 
 use serde_json::json;
 
-use crate::schema::{path_text, push_segment, DeviceSchema, Field, Schema, StructTy, Ty};
+use crate::schema::{path_text, push_segment, DeviceSchema, Field, Schema, Source, StructTy, Ty};
 
 /// Whether a change breaks loading in one direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -192,6 +192,8 @@ pub fn diff(old: &Schema, new: &Schema) -> Report {
         },
     };
     let mut seen_new = vec![false; new.devices.len()];
+    let catalogue_old = old.source == Source::Dump && new.source != Source::Dump;
+    let catalogue_new = new.source == Source::Dump && old.source != Source::Dump;
     for o in &old.devices {
         let vmsd = o.ty.name.clone();
         match find(new, o, &seen_new) {
@@ -201,6 +203,8 @@ pub fn diff(old: &Schema, new: &Schema) -> Report {
                 let mut changes = Vec::new();
                 let cx = Cx {
                     per_elem: !(old.array_counts && new.array_counts),
+                    // a vmdesc says neither field versions nor minimum versions
+                    versions: old.source != Source::Vmdesc && new.source != Source::Vmdesc,
                 };
                 cx.compare_struct(
                     &o.ty,
@@ -217,6 +221,9 @@ pub fn diff(old: &Schema, new: &Schema) -> Report {
                     });
                 }
             }
+            // a dump lists every device type QEMU has, a stream the devices
+            // of one machine: a type only the dump has is no change
+            None if catalogue_old => {}
             None => report.devices.push(DeviceDiff {
                 key: o.key.clone(),
                 vmsd,
@@ -231,7 +238,7 @@ pub fn diff(old: &Schema, new: &Schema) -> Report {
         }
     }
     for (n, seen) in new.devices.iter().zip(seen_new) {
-        if !seen {
+        if !seen && !catalogue_new {
             report.devices.push(DeviceDiff {
                 key: n.key.clone(),
                 vmsd: n.ty.name.clone(),
@@ -270,6 +277,8 @@ fn change(
 struct Cx {
     /// One side gives element sizes of arrays (a QEMU 7.2 dump).
     per_elem: bool,
+    /// Both sides say field versions and minimum versions.
+    versions: bool,
 }
 
 impl Cx {
@@ -334,7 +343,7 @@ impl Cx {
                 b,
             );
         }
-        if top {
+        if top && self.versions {
             let f = o.version < n.minimum_version;
             let b = n.version < o.minimum_version;
             if o.minimum_version != n.minimum_version || f || b {
@@ -466,7 +475,7 @@ impl Cx {
     ) {
         let _ = top;
         path.push(a.name.clone());
-        if a.name != b.name {
+        if !same_name(&a.name, &b.name) {
             change(
                 out,
                 path,
@@ -502,7 +511,7 @@ impl Cx {
             (true, true) => Break::IfSent,
             (true, false) => Break::Yes,
         };
-        if a.since != b.since || a.conditional != b.conditional {
+        if self.versions && (a.since != b.since || a.conditional != b.conditional) {
             change(
                 out,
                 path,
@@ -565,6 +574,18 @@ impl Cx {
     }
 }
 
+/// Names match, an index suffix aside: a vmdesc names the first element
+/// of some arrays `config[0]` where a dump says `config`.
+fn same_name(a: &str, b: &str) -> bool {
+    fn base(s: &str) -> &str {
+        match s.strip_suffix(']').and_then(|t| t.rsplit_once('[')) {
+            Some((b, k)) if !k.is_empty() && k.bytes().all(|c| c.is_ascii_digit()) => b,
+            _ => s,
+        }
+    }
+    a == b || base(a) == base(b)
+}
+
 fn size_text(f: &Field) -> String {
     match f.size {
         Some(s) => format!("{s} bytes"),
@@ -611,7 +632,7 @@ impl Cx {
             let mut t = vec![0u32; (n + 1) * (m + 1)];
             for i in (0..n).rev() {
                 for j in (0..m).rev() {
-                    t[i * (m + 1) + j] = if a[i].name == b[j].name {
+                    t[i * (m + 1) + j] = if same_name(&a[i].name, &b[j].name) {
                         t[(i + 1) * (m + 1) + j + 1] + 1
                     } else {
                         t[(i + 1) * (m + 1) + j].max(t[i * (m + 1) + j + 1])
@@ -620,7 +641,7 @@ impl Cx {
             }
             let (mut i, mut j) = (0, 0);
             while i < n && j < m {
-                if a[i].name == b[j].name {
+                if same_name(&a[i].name, &b[j].name) {
                     anchors.push((i, j));
                     i += 1;
                     j += 1;
@@ -634,7 +655,7 @@ impl Cx {
             // too large to tabulate: greedy by position
             let mut j = 0;
             for (i, f) in a.iter().enumerate() {
-                if let Some(k) = b[j..].iter().position(|g| g.name == f.name) {
+                if let Some(k) = b[j..].iter().position(|g| same_name(&g.name, &f.name)) {
                     anchors.push((i, j + k));
                     j += k + 1;
                 }

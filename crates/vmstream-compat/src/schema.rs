@@ -766,7 +766,11 @@ impl Ty {
 
     /// Whether a type is known (not `raw` or `any`), so two types can be compared.
     pub fn known(&self) -> bool {
-        !matches!(self, Ty::Raw(None) | Ty::Any)
+        match self {
+            Ty::Raw(None) | Ty::Any => false,
+            Ty::Seq(e, _) | Ty::Option(e) => e.known(),
+            _ => true,
+        }
     }
 }
 
