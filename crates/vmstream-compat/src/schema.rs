@@ -817,6 +817,74 @@ impl StructTy {
         }
     }
 
+    /// Checks that a state value fits this schema: fields by name, in any
+    /// order; a field may be missing when it has a default, is conditional or
+    /// came after this version; a field the schema does not know is refused;
+    /// subsections are optional fields named by the subsection. The error
+    /// names the field path (QEMU names with `.` or `[` quoted).
+    pub fn check(&self, v: &Value) -> Result<()> {
+        let mut path = Vec::new();
+        self.check_at(v, &mut path, 0)
+    }
+
+    fn check_at(&self, v: &Value, path: &mut Vec<String>, depth: u32) -> Result<()> {
+        let fail = |path: &[String], msg: String| {
+            Error::new(
+                ErrorKind::Incompatible,
+                if path.is_empty() {
+                    msg
+                } else {
+                    format!("{}: {msg}", path_text(path))
+                },
+            )
+        };
+        if depth > 2 * MAX_DEPTH {
+            return Err(fail(path, "nested too deeply".into()));
+        }
+        let Value::Struct(fs) = v else {
+            return Err(fail(
+                path,
+                format!("expected a struct, found {}", v.type_name()),
+            ));
+        };
+        for (name, val) in fs {
+            path.push(name.clone());
+            if let Some(f) = self.fields.iter().find(|f| f.name == *name) {
+                check_ty(&f.ty, val, path, depth + 1)?;
+            } else if let Some(sub) = self
+                .subsections
+                .iter()
+                .find(|s| s.name.as_deref() == Some(name.as_str()))
+            {
+                match val {
+                    Value::Option(None) => {}
+                    Value::Option(Some(inner)) => sub.check_at(inner, path, depth + 1)?,
+                    other => sub.check_at(other, path, depth + 1)?,
+                }
+            } else {
+                return Err(fail(
+                    path,
+                    format!("not a field of version {} of this type", self.version),
+                ));
+            }
+            path.pop();
+        }
+        for f in &self.fields {
+            let present = fs.iter().any(|(n, _)| *n == f.name);
+            if !present && f.default.is_none() && !f.conditional && f.since <= self.version {
+                path.push(f.name.clone());
+                return Err(fail(
+                    path,
+                    format!(
+                        "missing: version {} has it since {} and no default",
+                        self.version, f.since
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A struct of these fields at `version`.
     pub fn new(name: impl Into<String>, version: u32, fields: Vec<Field>) -> StructTy {
         StructTy {
@@ -878,6 +946,49 @@ impl Ty {
                 "map",
                 Value::Seq(vec![k.to_description(), v.to_description()]),
             ),
+        }
+    }
+}
+
+fn check_ty(t: &Ty, v: &Value, path: &mut Vec<String>, depth: u32) -> Result<()> {
+    let fail = |path: &[String], expected: &str| {
+        Error::new(
+            ErrorKind::Incompatible,
+            format!(
+                "{}: expected {expected}, found {}",
+                path_text(path),
+                v.type_name()
+            ),
+        )
+    };
+    match (t, v) {
+        (Ty::Any | Ty::Raw(_), _) => Ok(()),
+        (Ty::Struct(st), _) => st.check_at(v, path, depth),
+        (Ty::Seq(el, n), Value::Seq(items)) => {
+            if let Some(n) = n {
+                if items.len() as u64 != *n {
+                    return Err(fail(path, &format!("{n} elements ({} here)", items.len())));
+                }
+            }
+            for (i, it) in items.iter().enumerate() {
+                if let Some(last) = path.last_mut() {
+                    let base = last.split('[').next().unwrap_or_default().to_owned();
+                    *last = format!("{base}[{i}]");
+                }
+                check_ty(el, it, path, depth + 1)?;
+            }
+            Ok(())
+        }
+        (Ty::Bytes(_), Value::Bytes(_)) | (Ty::Bytes(_), Value::Seq(_)) => Ok(()),
+        (Ty::Option(_), Value::Option(None)) => Ok(()),
+        (Ty::Option(el), Value::Option(Some(inner))) => check_ty(el, inner, path, depth + 1),
+        (Ty::Enum(_), Value::Enum(..)) | (Ty::Map(..), Value::Map(_)) => Ok(()),
+        _ => {
+            if Ty::of_value(v) == *t {
+                Ok(())
+            } else {
+                Err(fail(path, &t.label()))
+            }
         }
     }
 }
@@ -1088,6 +1199,51 @@ mod tests {
         assert!(Schema::from_dump(deep.as_bytes()).is_err());
         let e = Schema::from_dump(b"{\n  \"a\": }").unwrap_err();
         assert!(e.message().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn check_by_name_with_versions_and_defaults() {
+        let st = StructTy::new(
+            "t",
+            2,
+            vec![
+                Field::new(
+                    "a",
+                    Ty::Int {
+                        bits: 16,
+                        signed: false,
+                    },
+                ),
+                Field::new("b.c", Ty::Bool)
+                    .since(2)
+                    .default(Value::Bool(false)),
+                Field::new("late", Ty::Bool).since(3),
+            ],
+        );
+        // any order, the defaulted and the later field absent
+        st.check(&Value::Struct(vec![("a".into(), Value::U16(1))]))
+            .unwrap();
+        st.check(&Value::Struct(vec![
+            ("b.c".into(), Value::Bool(true)),
+            ("a".into(), Value::U16(1)),
+        ]))
+        .unwrap();
+        let e = st
+            .check(&Value::Struct(vec![
+                ("a".into(), Value::U16(1)),
+                ("b.c".into(), Value::U8(1)),
+            ]))
+            .unwrap_err();
+        assert!(
+            e.message().starts_with("\"b.c\": expected bool, found u8"),
+            "{e}"
+        );
+        let e = st
+            .check(&Value::Struct(vec![("x".into(), Value::U8(1))]))
+            .unwrap_err();
+        assert!(e.message().contains("x: not a field of version 2"), "{e}");
+        let e = st.check(&Value::Struct(vec![])).unwrap_err();
+        assert!(e.message().contains("a: missing"), "{e}");
     }
 
     #[test]

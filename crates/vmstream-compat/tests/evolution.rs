@@ -185,6 +185,16 @@ fn every_version_reads_every_other() {
     for reg in [&code, &file] {
         for (i, s) in snaps.iter().enumerate() {
             let from = i as u32 + 1;
+            // what each version loads fits that version's schema
+            let schemas = [
+                StructTy::of("uart", 1, &v1()).unwrap(),
+                StructTy::of("uart", 2, &v2()).unwrap(),
+                StructTy::of("uart", 3, &v3()).unwrap(),
+            ];
+            for (k, st) in schemas.iter().enumerate() {
+                st.check(&load(reg, s, k as u32 + 1).unwrap().value)
+                    .unwrap();
+            }
             let d1: UartV1 = vmstream::from_device(&load(reg, s, 1).unwrap()).unwrap();
             assert_eq!(d1, v1(), "v{from} -> v1");
             let d2: UartV2 = vmstream::from_device(&load(reg, s, 2).unwrap()).unwrap();
