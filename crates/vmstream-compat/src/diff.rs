@@ -346,7 +346,9 @@ impl Cx {
         if top && self.versions {
             let f = o.version < n.minimum_version;
             let b = n.version < o.minimum_version;
-            if o.minimum_version != n.minimum_version || f || b {
+            // a type whose version is below its own minimum is broken on both
+            // sides alike: no change
+            if o.minimum_version != n.minimum_version || ((f || b) && o.version != n.version) {
                 change(
                     out,
                     path,
