@@ -9,7 +9,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crc_fast::CrcAlgorithm;
 use kvm_bindings::{
     kvm_mp_state, kvm_segment, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
 };
@@ -20,6 +19,7 @@ use vmstream_migrate::vm::{
     Device, DeviceRegistry, DirtyBitmap, DirtyLog, GuestMemory, Region, SerdeDevice, Vcpus, Vm,
 };
 
+use crate::digest::{combine, crc_range, DigestCache, CHUNK};
 use crate::program;
 use crate::serial::{self, Uart};
 use crate::state::{self, ClockState, IrqchipState, VcpuState};
@@ -167,6 +167,10 @@ pub struct KvmGuest {
     serial: Arc<Mutex<Uart>>,
     vcpu_state_version: u32,
     logging: AtomicBool,
+    /// Pages the digest took from KVM's dirty log, for the next fetch.
+    carry: Mutex<Option<DirtyBitmap>>,
+    digest: Arc<DigestCache>,
+    digest_thread: Mutex<Option<JoinHandle<()>>>,
     _kvm: Kvm,
 }
 
@@ -238,6 +242,7 @@ impl KvmGuest {
             .map_err(|e| format!("guest memory of {} bytes: {e}", cfg.memory))?;
         crate::sys::set_slot(&vm, &mem, false)?;
         let mem = Arc::new(mem);
+        let digest = Arc::new(DigestCache::new(mem.clone(), cfg.memory, !cfg.boot));
         let guest = KvmGuest {
             vm: Arc::new(vm),
             mem,
@@ -259,6 +264,9 @@ impl KvmGuest {
             serial: Arc::new(Mutex::new(Uart::default())),
             vcpu_state_version: cfg.vcpu_state_version,
             logging: AtomicBool::new(false),
+            carry: Mutex::new(None),
+            digest: digest.clone(),
+            digest_thread: Mutex::new(None),
             _kvm: kvm,
         };
         if cfg.boot {
@@ -301,6 +309,13 @@ impl KvmGuest {
             threads.push(h);
         }
         *lock(&guest.threads)? = threads;
+        let d = guest.digest.clone();
+        *lock(&guest.digest_thread)? = Some(
+            std::thread::Builder::new()
+                .name("digest".to_owned())
+                .spawn(move || d.run())
+                .map_err(|e| format!("starting the digest thread: {e}"))?,
+        );
         // Returns once every vCPU thread has parked.
         guest.pause()?;
         Ok(guest)
@@ -464,6 +479,10 @@ impl KvmGuest {
             crate::sys::kick(h);
         }
         for h in threads {
+            let _ = h.join();
+        }
+        self.digest.stop();
+        if let Some(h) = self.digest_thread.lock().ok().and_then(|mut h| h.take()) {
             let _ = h.join();
         }
     }
@@ -716,20 +735,34 @@ impl GuestMemory for KvmGuest {
         }
         self.mem
             .write_slice(data, GuestAddress(offset))
-            .map_err(|e| format!("writing guest memory at {offset:#x}: {e}"))
+            .map_err(|e| format!("writing guest memory at {offset:#x}: {e}"))?;
+        self.digest.mark(offset, data.len() as u64);
+        Ok(())
     }
 
-    /// The region's CRC32C in parallel pieces, combined: the digest a
-    /// migration takes while the guest is stopped, so its time is downtime.
+    /// The region's CRC32C: from the digest cache when it tracks changes
+    /// (see `digest.rs`), else in parallel pieces, combined. Either way the
+    /// CRC32C of the whole region.
     fn crc32c(&self, region: &Region) -> Result<u32, String> {
         if region.id != 0 {
             return Err(format!("no region {}", region.id));
         }
+        if self.logging.load(Ordering::SeqCst) {
+            // Writes the engine has not fetched yet: the cache must see them,
+            // and the next fetch still returns them.
+            let log = self.kvm_dirty_log()?;
+            self.digest.mark_pages(&log);
+            let mut carry = lock(&self.carry)?;
+            match carry.as_mut() {
+                Some(c) => c.union(&log),
+                None => *carry = Some(log),
+            }
+        }
+        if let Some(crc) = self.digest.crc() {
+            return crc;
+        }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let piece = self
-            .size
-            .div_ceil(threads as u64)
-            .next_multiple_of(CRC_CHUNK);
+        let piece = self.size.div_ceil(threads as u64).next_multiple_of(CHUNK);
         let pieces: Vec<(u64, u64)> = (0..self.size)
             .step_by(piece as usize)
             .map(|at| (at, piece.min(self.size - at)))
@@ -737,7 +770,7 @@ impl GuestMemory for KvmGuest {
         let crcs = std::thread::scope(|s| {
             let handles: Vec<_> = pieces
                 .iter()
-                .map(|&(at, len)| s.spawn(move || self.crc_range(at, len)))
+                .map(|&(at, len)| s.spawn(move || crc_range(&self.mem, at, len)))
                 .collect();
             handles
                 .into_iter()
@@ -747,28 +780,17 @@ impl GuestMemory for KvmGuest {
                 })
                 .collect::<Result<Vec<u32>, String>>()
         })?;
-        let mut crc = u64::from(crcs[0]);
-        for (c, &(_, len)) in crcs.iter().zip(&pieces).skip(1) {
-            crc = crc_fast::checksum_combine(CrcAlgorithm::Crc32Iscsi, crc, u64::from(*c), len);
-        }
-        Ok(crc as u32)
+        Ok(combine(crcs.into_iter().zip(pieces.iter().map(|p| p.1))))
     }
 }
 
-const CRC_CHUNK: u64 = 1 << 20;
-
 impl KvmGuest {
-    fn crc_range(&self, at: u64, len: u64) -> Result<u32, String> {
-        let mut buf = vec![0u8; CRC_CHUNK as usize];
-        let mut crc = vmstream::Crc32c::new();
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(CRC_CHUNK) as usize;
-            self.read(0, at + done, &mut buf[..n])?;
-            crc.update(&buf[..n]);
-            done += n as u64;
-        }
-        Ok(crc.finish())
+    fn kvm_dirty_log(&self) -> Result<DirtyBitmap, String> {
+        let words = self
+            .vm
+            .get_dirty_log(0, self.size as usize)
+            .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
+        Ok(DirtyBitmap::from_words(words, self.size / PAGE))
     }
 }
 
@@ -776,6 +798,8 @@ impl DirtyLog for KvmGuest {
     fn start(&self) -> Result<(), String> {
         crate::sys::set_slot(&self.vm, &self.mem, true)?;
         self.logging.store(true, Ordering::SeqCst);
+        *lock(&self.carry)? = None;
+        self.digest.track();
         Ok(())
     }
 
@@ -783,19 +807,18 @@ impl DirtyLog for KvmGuest {
         if !self.logging.load(Ordering::SeqCst) {
             return Err("dirty logging is not on".to_owned());
         }
-        let words = self
-            .vm
-            .get_dirty_log(0, self.size as usize)
-            .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
+        let mut log = self.kvm_dirty_log()?;
+        if let Some(c) = lock(&self.carry)?.take() {
+            log.union(&c);
+        }
+        self.digest.mark_pages(&log);
         // This VMM writes guest memory itself only before the guest first
         // runs and on a destination, so there are no own writes to add.
-        Ok(BTreeMap::from([(
-            0,
-            DirtyBitmap::from_words(words, self.size / PAGE),
-        )]))
+        Ok(BTreeMap::from([(0, log)]))
     }
 
     fn stop(&self) {
+        self.digest.untrack();
         if self.logging.swap(false, Ordering::SeqCst) {
             if let Err(e) = crate::sys::set_slot(&self.vm, &self.mem, false) {
                 eprintln!("stopping dirty logging: {e}");
@@ -850,6 +873,10 @@ impl Vcpus for KvmGuest {
         let mut r = lock(&self.control.run)?;
         if let Some(e) = &r.error {
             return Err(e.clone());
+        }
+        if !self.logging.load(Ordering::SeqCst) {
+            // The guest writes memory unseen from now on.
+            self.digest.untrack();
         }
         // VM-wide state first: the vCPUs restore theirs as they leave park.
         restore(&self.irqchip, |s| s.restore(&self.vm))?;

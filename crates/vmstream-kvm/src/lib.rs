@@ -14,6 +14,7 @@
 //! `unsafe` code lives only in the private `sys` module.
 #![deny(unsafe_code)]
 
+mod digest;
 mod guest;
 pub mod program;
 pub mod serial;
