@@ -41,6 +41,7 @@ if [[ "${VMSTREAM_SKIP_QEMU:-0}" != 1 ]]; then
     cargo build --locked --release -p vmstream-cli
     python3 scripts/qemu_interop.py
     python3 scripts/esp_compat.py target/release/vmstream
+    python3 scripts/relay_test.py target/release/vmstream
 fi
 
 step "done in $((SECONDS - start)) s"

@@ -59,6 +59,67 @@ pub(crate) enum Command {
     SchemaDiff(SchemaDiffArgs),
     /// Apply versioned-state transforms (a rules file) to a stream's devices.
     Transform(TransformArgs),
+    /// Carry a running QEMU's live migration over vmstream channels.
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    #[command(subcommand)]
+    pub(crate) command: RelayCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RelayCommand {
+    /// Take the source QEMU's migration and send it to a receiving relay.
+    Send(RelaySendArgs),
+    /// Take a sending relay's channels and feed the destination QEMU.
+    Receive(RelayReceiveArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelaySendArgs {
+    /// Where the source QEMU migrates to (unix:PATH, tcp:HOST:PORT, a channel's
+    /// JSON), or - for standard input (QEMU's exec:).
+    #[arg(long)]
+    pub(crate) from: String,
+    /// Where the receiving relay listens.
+    #[arg(long)]
+    pub(crate) to: String,
+    /// Data channels that carry the guest's pages.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub(crate) data_channels: u16,
+    /// Compatibility transforms (a rules file) applied in flight.
+    #[arg(long)]
+    pub(crate) rules: Option<PathBuf>,
+    /// Also write the vmstream stream to this file.
+    #[arg(long)]
+    pub(crate) record: Option<PathBuf>,
+    /// Mutual TLS on the channels: a directory in QEMU's x509 layout.
+    #[arg(long)]
+    pub(crate) tls_creds: Option<PathBuf>,
+    /// A QMP control socket answering query-migrate (unix:PATH).
+    #[arg(long)]
+    pub(crate) qmp: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayReceiveArgs {
+    /// Where to listen for the sending relay's channels.
+    #[arg(long)]
+    pub(crate) listen: String,
+    /// The destination QEMU's migrate-incoming address.
+    #[arg(long)]
+    pub(crate) to: String,
+    /// Compatibility transforms (a rules file) applied in flight.
+    #[arg(long)]
+    pub(crate) rules: Option<PathBuf>,
+    /// Mutual TLS on the channels: a directory in QEMU's x509 layout.
+    #[arg(long)]
+    pub(crate) tls_creds: Option<PathBuf>,
+    /// A QMP control socket answering query-migrate (unix:PATH).
+    #[arg(long)]
+    pub(crate) qmp: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@ mod guest;
 mod input;
 mod inspect;
 mod progress;
+mod relay;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -67,6 +68,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         Command::Schema(a) => compat::schema(&a, opts),
         Command::SchemaDiff(a) => compat::schema_diff(&a, opts),
         Command::Transform(a) => compat::transform(&a, opts),
+        Command::Relay(a) => relay::relay(&a, opts.limits),
     }
 }
 

@@ -16,11 +16,11 @@ use crate::destination;
 use crate::link::{Cancel, Connections, Cutter, Link};
 use crate::qmp::{
     Events, MigrateArgs, MigrateIncomingArgs, MigrationCapability, MigrationCapabilityStatus,
-    MigrationControl, MigrationInfo, MigrationParameters, MigrationStats, MigrationTarget,
-    MultiFdCompression, QmpError, SetMigrationParameters,
+    MigrationControl, MigrationInfo, MigrationParameters, MigrationTarget, MultiFdCompression,
+    QmpError, SetMigrationParameters,
 };
 use crate::source::{self, Params};
-use crate::stats::{Snapshot, Stats, Status};
+use crate::stats::{Stats, Status};
 use crate::vm::Vm;
 
 /// How long a destination waits for the whole channel set to connect.
@@ -42,6 +42,10 @@ impl Link for Connection {
 
     fn is_tls(&self) -> bool {
         Connection::is_tls(self)
+    }
+
+    fn close_write(&mut self) -> std::io::Result<()> {
+        Connection::close_write(self).map_err(std::io::Error::other)
     }
 }
 
@@ -104,35 +108,6 @@ fn address(target: &MigrationTarget) -> Result<MigrationAddress, QmpError> {
             }
             main.ok_or_else(|| QmpError::generic("Channel list has no main entry"))
         }
-    }
-}
-
-fn info(s: &Snapshot, page_size: u64) -> MigrationInfo {
-    let st = s.status.unwrap_or(Status::None);
-    let ram = (st != Status::None && st != Status::Setup).then(|| MigrationStats {
-        transferred: s.transferred,
-        remaining: s.remaining,
-        total: s.total,
-        duplicate: s.duplicate,
-        normal: s.normal,
-        normal_bytes: s.normal * page_size,
-        dirty_pages_rate: s.dirty_pages_rate,
-        mbps: s.mbps,
-        dirty_sync_count: s.dirty_sync_count,
-        page_size,
-        ..MigrationStats::default()
-    });
-    MigrationInfo {
-        status: s.status,
-        ram,
-        total_time: (st != Status::None).then_some(s.total_time_ms),
-        setup_time: (st != Status::None).then_some(s.setup_time_ms),
-        expected_downtime: (st == Status::Active).then_some(s.expected_downtime_ms),
-        downtime: s.downtime_ms.filter(|_| st == Status::Completed),
-        cpu_throttle_percentage: (s.cpu_throttle_percentage > 0)
-            .then_some(u64::from(s.cpu_throttle_percentage)),
-        error_desc: s.error.clone().filter(|_| st == Status::Failed),
-        ..MigrationInfo::default()
     }
 }
 
@@ -406,7 +381,7 @@ impl MigrationControl for Controller {
         Ok(st
             .job
             .as_ref()
-            .map(|j| info(&j.stats.snapshot(), page_size))
+            .map(|j| j.stats.snapshot().to_migration_info(page_size))
             .unwrap_or_default())
     }
 

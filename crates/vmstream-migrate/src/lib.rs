@@ -11,6 +11,7 @@ pub mod link;
 mod out;
 pub mod proto;
 pub mod qmp;
+pub mod relay;
 pub mod source;
 pub mod stats;
 pub mod synthetic;

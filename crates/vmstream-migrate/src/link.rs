@@ -16,6 +16,13 @@ pub trait Link: Read + Write + Send {
     fn is_tls(&self) -> bool {
         false
     }
+
+    /// Ends this side's writing so the peer reads the end of the stream
+    /// (TLS `close_notify`, a socket's half-close), leaving reading open.
+    /// Flushes by default.
+    fn close_write(&mut self) -> io::Result<()> {
+        self.flush()
+    }
 }
 
 /// Shuts a connection down from any thread.
@@ -41,6 +48,10 @@ impl Cutter {
 }
 
 impl Link for std::os::unix::net::UnixStream {
+    fn close_write(&mut self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+
     fn cutter(&self) -> Cutter {
         let s = self.try_clone();
         Cutter::new(move || {
@@ -52,6 +63,10 @@ impl Link for std::os::unix::net::UnixStream {
 }
 
 impl Link for std::net::TcpStream {
+    fn close_write(&mut self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+
     fn cutter(&self) -> Cutter {
         let s = self.try_clone();
         Cutter::new(move || {

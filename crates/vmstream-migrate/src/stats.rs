@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::qmp::{MigrationInfo, MigrationStats};
+
 /// A migration's status: QEMU's `MigrationStatus`.
 pub use crate::qmp::MigrationStatus as Status;
 
@@ -119,5 +121,39 @@ impl Stats {
     /// The status.
     pub fn status(&self) -> Status {
         self.snapshot().status.unwrap_or(Status::None)
+    }
+}
+
+impl Snapshot {
+    /// The snapshot as QMP's `query-migrate` answers, for pages of
+    /// `page_size` bytes.
+    pub fn to_migration_info(&self, page_size: u64) -> MigrationInfo {
+        let s = self;
+        let st = s.status.unwrap_or(Status::None);
+        let ram = (st != Status::None && st != Status::Setup).then(|| MigrationStats {
+            transferred: s.transferred,
+            remaining: s.remaining,
+            total: s.total,
+            duplicate: s.duplicate,
+            normal: s.normal,
+            normal_bytes: s.normal * page_size,
+            dirty_pages_rate: s.dirty_pages_rate,
+            mbps: s.mbps,
+            dirty_sync_count: s.dirty_sync_count,
+            page_size,
+            ..MigrationStats::default()
+        });
+        MigrationInfo {
+            status: s.status,
+            ram,
+            total_time: (st != Status::None).then_some(s.total_time_ms),
+            setup_time: (st != Status::None).then_some(s.setup_time_ms),
+            expected_downtime: (st == Status::Active).then_some(s.expected_downtime_ms),
+            downtime: s.downtime_ms.filter(|_| st == Status::Completed),
+            cpu_throttle_percentage: (s.cpu_throttle_percentage > 0)
+                .then_some(u64::from(s.cpu_throttle_percentage)),
+            error_desc: s.error.clone().filter(|_| st == Status::Failed),
+            ..MigrationInfo::default()
+        }
     }
 }

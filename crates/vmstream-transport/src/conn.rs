@@ -107,6 +107,32 @@ impl Connection {
         Ok(true)
     }
 
+    /// Ends this side's writing in order, keeping the connection open for
+    /// reading: flushes, sends TLS `close_notify` and half-closes a socket,
+    /// so the peer reads the end of the stream. Other transports are left as
+    /// they are (see [`Connection::finish`]).
+    pub fn close_write(&mut self) -> Result<()> {
+        let peer = self.peer.clone();
+        let flush_err = |e| Error::io(format!("{peer}: close"), e);
+        match &mut self.io {
+            Io::Plain(s) => {
+                s.flush().map_err(flush_err)?;
+                s.half_close().map_err(flush_err)
+            }
+            Io::TlsClient(s) => {
+                s.conn.send_close_notify();
+                s.flush().map_err(flush_err)?;
+                s.sock.half_close().map_err(flush_err)
+            }
+            Io::TlsServer(s) => {
+                s.conn.send_close_notify();
+                s.flush().map_err(flush_err)?;
+                s.sock.half_close().map_err(flush_err)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Ends the connection in order: flushes, sends TLS `close_notify`,
     /// half-closes a socket so the peer reads the end of the stream, closes
     /// a child's input and waits for it to exit (a failure status is an

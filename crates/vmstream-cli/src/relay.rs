@@ -1,0 +1,309 @@
+//! `vmstream relay send|receive`: carries a running QEMU's live migration
+//! over vmstream channels. The sending side reads QEMU's stream as it
+//! arrives, converts it to vmstream on the fly and spreads its page records
+//! over the data channels (`vmstream_migrate::relay::Splitter`); the receiving
+//! side puts the records back in order (`Merger`), converts them back to
+//! QEMU's bytes and feeds the destination QEMU. Each exits 0 only once the
+//! destination QEMU has the whole stream; on any failure it closes its QEMU
+//! connection, so the source QEMU fails its migration and runs on and the
+//! destination QEMU never gets a whole stream to run.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use vmstream::{Header, Limits, StreamKind, StreamReader, StreamWriter, WriterOptions};
+use vmstream_migrate::link::Link;
+use vmstream_migrate::proto::{Control, CONTROL};
+use vmstream_migrate::qmp::QmpServer;
+use vmstream_migrate::relay::{Merger, QueryMigrate, Splitter};
+use vmstream_migrate::stats::{Stats, Status};
+use vmstream_qemu::ConvertOptions;
+use vmstream_transport::{
+    accept_set, connect, connect_set, Connection, Listener, MigrationAddress, MigrationChannel,
+    MigrationId, TlsClient, TlsServer,
+};
+
+use crate::args::{RelayArgs, RelayCommand, RelayReceiveArgs, RelaySendArgs};
+
+/// How long `receive` waits for the sending relay's channels.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub(crate) fn relay(args: &RelayArgs, limits: Limits) -> Result<ExitCode> {
+    let stats = Arc::new(Stats::new());
+    let (side, r) = match &args.command {
+        RelayCommand::Send(a) => (
+            "send",
+            serve(a.qmp.as_deref(), &stats, || send(a, limits, &stats)),
+        ),
+        RelayCommand::Receive(a) => (
+            "receive",
+            serve(a.qmp.as_deref(), &stats, || receive(a, limits, &stats)),
+        ),
+    };
+    match r {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("vmstream relay {side}: failed: {e:#}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Runs `work` with a QMP control socket (if asked for) answering
+/// `query-migrate` from `stats`, and records the outcome there.
+fn serve(qmp: Option<&str>, stats: &Arc<Stats>, work: impl FnOnce() -> Result<()>) -> Result<()> {
+    let server = match qmp {
+        Some(addr) => {
+            let path = addr
+                .strip_prefix("unix:")
+                .ok_or_else(|| anyhow!("--qmp {addr}: expected unix:PATH"))?;
+            Some(
+                QmpServer::bind(path, Arc::new(QueryMigrate::new(stats.clone(), 4096)))
+                    .with_context(|| format!("--qmp {addr}"))?,
+            )
+        }
+        None => None,
+    };
+    let start = Instant::now();
+    stats.update(|s| s.status = Some(Status::Setup));
+    let r = work();
+    stats.update(|s| {
+        s.total_time_ms = start.elapsed().as_millis() as u64;
+        match &r {
+            Ok(()) => s.status = Some(Status::Completed),
+            Err(e) => {
+                s.status = Some(Status::Failed);
+                s.error = Some(format!("{e:#}"));
+            }
+        }
+    });
+    if let Some(s) = server {
+        s.shutdown();
+    }
+    r
+}
+
+/// An address as given on the command line: a URI (`unix:PATH`,
+/// `tcp:HOST:PORT`) or a channel's JSON.
+fn address(text: &str, flag: &str) -> Result<MigrationAddress> {
+    let addr = if text.trim_start().starts_with('{') {
+        MigrationChannel::from_json_str(text).map(|c| c.addr)
+    } else {
+        MigrationAddress::from_uri(text)
+    }
+    .map_err(|e| anyhow!("{flag} {text}: {}", e.chain()))?;
+    if addr.is_one_way() {
+        bail!("{flag} {text}: expected a socket address (unix: or tcp:)");
+    }
+    Ok(addr)
+}
+
+/// Counts what a reader reads into `stats`' transferred bytes.
+struct Counted<R>(R, Arc<AtomicU64>);
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn send(a: &RelaySendArgs, limits: Limits, stats: &Stats) -> Result<()> {
+    let to = address(&a.to, "--to")?;
+    let tls = match &a.tls_creds {
+        Some(dir) => {
+            Some(TlsClient::load_dir(dir).map_err(|e| anyhow!("--tls-creds: {}", e.chain()))?)
+        }
+        None => None,
+    };
+    let rules = a.rules.as_deref().map(load_rules).transpose()?;
+    // The source QEMU's stream: one connection to --from, or standard input.
+    let input: Box<dyn Read + Send> = if a.from == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        let from = address(&a.from, "--from")?;
+        let l = Listener::bind(&from).map_err(|e| anyhow!("--from {}: {}", a.from, e.chain()))?;
+        let c = l
+            .accept(None)
+            .map_err(|e| anyhow!("--from {}: {}", a.from, e.chain()))?;
+        Box::new(c)
+    };
+    let id = MigrationId::random().map_err(|e| anyhow!("{}", e.chain()))?;
+    let set = connect_set(&to, a.data_channels, id, tls.as_ref())
+        .map_err(|e| anyhow!("--to {}: {}", a.to, e.chain()))?;
+    stats.update(|s| s.status = Some(Status::Active));
+    let record: Option<Box<dyn Write + Send>> = match &a.record {
+        Some(p) => Some(Box::new(BufWriter::with_capacity(
+            1 << 20,
+            File::create(p).with_context(|| format!("--record {}", p.display()))?,
+        ))),
+        None => None,
+    };
+    let links = |c: Connection| Box::new(c) as Box<dyn Link>;
+    let splitter = Splitter::new(
+        links(set.main),
+        set.data.into_iter().map(links).collect(),
+        record,
+        stats.counters.transferred.clone(),
+    );
+    let opts = ConvertOptions {
+        limits,
+        writer: WriterOptions::default().with_index(false),
+        compact: false,
+        vmdesc: None,
+    };
+    let received = Arc::new(AtomicU64::new(0));
+    let input = Counted(input, received.clone());
+    let at = |e: vmstream::Error| {
+        anyhow!(
+            "the source QEMU's stream, at byte {}: {e}",
+            received.load(Ordering::Relaxed)
+        )
+    };
+    let splitter = match rules {
+        None => {
+            vmstream_qemu::qemu_to_vmstream(input, splitter, &opts)
+                .map_err(at)?
+                .0
+        }
+        Some(reg) => {
+            // Transformed QEMU bytes go through a pipe into the conversion.
+            let (r, w) = std::io::pipe().context("a pipe for the transform")?;
+            std::thread::scope(|s| -> Result<Splitter> {
+                let t = s.spawn(|| transform(input, w, &reg, &opts));
+                let converted = vmstream_qemu::qemu_to_vmstream(r, splitter, &opts);
+                let transformed = t.join().map_err(|_| anyhow!("the transform panicked"))?;
+                transformed.map_err(at)?;
+                Ok(converted.map_err(at)?.0)
+            })?
+        }
+    };
+    let main = splitter
+        .finish()
+        .context("sending to the receiving relay")?;
+    // The receiving relay answers once the destination QEMU has it all.
+    let mut back = StreamReader::new(main, limits).context("the receiving relay's answer")?;
+    loop {
+        let item = back
+            .next()
+            .context("the receiving relay's answer")?
+            .ok_or_else(|| anyhow!("the receiving relay closed without an answer"))?;
+        if let vmstream::Record::Other(raw) = item.record {
+            if raw.kind == CONTROL {
+                return match Control::decode(raw.body).map_err(|e| anyhow!(e))? {
+                    Control::Done => Ok(()),
+                    Control::Failed { reason } => bail!("the receiving relay failed: {reason}"),
+                    other => bail!("the receiving relay answered {}", other.name()),
+                };
+            }
+        }
+    }
+}
+
+fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
+    let listen = address(&a.listen, "--listen")?;
+    let to = address(&a.to, "--to")?;
+    let tls = match &a.tls_creds {
+        Some(dir) => {
+            Some(TlsServer::load_dir(dir).map_err(|e| anyhow!("--tls-creds: {}", e.chain()))?)
+        }
+        None => None,
+    };
+    let rules = a.rules.as_deref().map(load_rules).transpose()?;
+    let listener =
+        Listener::bind(&listen).map_err(|e| anyhow!("--listen {}: {}", a.listen, e.chain()))?;
+    let set = accept_set(&listener, tls.as_ref(), ACCEPT_TIMEOUT)
+        .map_err(|e| anyhow!("--listen {}: {}", a.listen, e.chain()))?;
+    drop(listener);
+    stats.update(|s| s.status = Some(Status::Active));
+    let mut qemu = connect(&to, None).map_err(|e| anyhow!("--to {}: {}", a.to, e.chain()))?;
+    let links = |c: Connection| Box::new(c) as Box<dyn Link>;
+    let main_peer = set.main.peer().to_owned();
+    let merger = Merger::new(
+        links(set.main),
+        set.data.into_iter().map(links).collect(),
+        limits,
+        stats.counters.transferred.clone(),
+    );
+    let opts = ConvertOptions {
+        limits,
+        writer: WriterOptions::default(),
+        compact: false,
+        vmdesc: None,
+    };
+    let mut merger = merger;
+    let result = match &rules {
+        None => vmstream_qemu::vmstream_to_qemu(&mut merger, &mut qemu, &opts).map(|_| ()),
+        Some(reg) => match std::io::pipe() {
+            // QEMU bytes converted back go through a pipe into the transform.
+            Ok((r, w)) => std::thread::scope(|s| {
+                let t =
+                    s.spawn(|| vmstream_qemu::vmstream_to_qemu(&mut merger, w, &opts).map(|_| ()));
+                let transformed = transform(r, &mut qemu, reg, &opts);
+                let converted = t.join().unwrap_or_else(|_| {
+                    Err(vmstream::Error::new(
+                        vmstream::ErrorKind::Malformed,
+                        "the conversion panicked",
+                    ))
+                });
+                converted.and(transformed)
+            }),
+            Err(e) => Err(vmstream::Error::from(e)),
+        },
+    };
+    let result = result
+        .map_err(|e| anyhow!("relaying to the destination QEMU: {e}"))
+        .and_then(|()| {
+            qemu.flush().context("writing to the destination QEMU")?;
+            qemu.finish()
+                .map_err(|e| anyhow!("closing the destination QEMU's connection: {}", e.chain()))
+        });
+    // Tell the sending relay how it went, on main's way back.
+    let answer = match &result {
+        Ok(()) => Control::Done,
+        Err(e) => Control::Failed {
+            reason: format!("{e:#}"),
+        },
+    };
+    let main = merger.into_main();
+    let header = Header::new(StreamKind::Live, vmstream::Arch::Unknown, 4096);
+    let told = StreamWriter::new(main, header, WriterOptions::default().with_index(false))
+        .and_then(|mut w| {
+            w.write_raw_record(CONTROL, true, &answer.encode())?;
+            w.finish().map(|_| ())
+        });
+    result?;
+    told.map_err(|e| anyhow!("answering the sending relay at {main_peer}: {e}"))
+}
+
+/// A rules file, parsed.
+fn load_rules(path: &std::path::Path) -> Result<vmstream_compat::Registry> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--rules {}", path.display()))?;
+    Ok(vmstream_compat::rules::parse(
+        &text,
+        &path.display().to_string(),
+    )?)
+}
+
+/// Applies `reg` to the device sections of a QEMU stream, every device to the
+/// newest version its steps reach.
+fn transform<R: Read, W: Write>(
+    input: R,
+    out: W,
+    reg: &vmstream_compat::Registry,
+    opts: &ConvertOptions,
+) -> vmstream::Result<()> {
+    let targets = vmstream_compat::stream::Targets::default();
+    let (_, notes) = vmstream_compat::stream::transform_qemu(input, out, reg, &targets, opts)?;
+    for n in notes {
+        eprintln!("vmstream relay: transformed {n}");
+    }
+    Ok(())
+}
