@@ -295,8 +295,10 @@ impl Write for Splitter {
 /// What a data channel's reader hands the merger: a record, or why none.
 type Fetched = Result<Option<Vec<u8>>, Error>;
 
-/// Reads one whole record from `r`; `None` at a clean end of stream.
-fn read_record<R: Read>(r: &mut R, limits: &Limits, what: &str) -> Fetched {
+/// Reads one whole record from `r`, whose body may be at most `max_body`
+/// bytes; `None` at a clean end of stream. The buffer grows as bytes arrive,
+/// so a record header that promises more than ever comes costs nothing.
+fn read_record<R: Read>(r: &mut R, max_body: u64, what: &str) -> Fetched {
     let mut h = [0u8; 8];
     let mut got = 0;
     while got < 8 {
@@ -309,15 +311,24 @@ fn read_record<R: Read>(r: &mut R, limits: &Limits, what: &str) -> Fetched {
         }
     }
     let body = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    if u64::from(body) > limits.max_record_size.max(1 << 30) as u64 {
+    if u64::from(body) > max_body {
         return Err(Error::peer(format!(
-            "{what}: a record of {body} bytes exceeds the limit"
+            "{what}: a record of {body} bytes exceeds the limit of {max_body}"
         )));
     }
-    let mut rec = vec![0u8; record_len(body)];
-    rec[..8].copy_from_slice(&h);
-    r.read_exact(&mut rec[8..])
-        .map_err(|e| Error::peer(format!("{what}: ends inside a record: {e}")))?;
+    let len = record_len(body);
+    let mut rec = Vec::with_capacity(len.min(1 << 20));
+    rec.extend_from_slice(&h);
+    let rest = (len - 8) as u64;
+    let got = r
+        .take(rest)
+        .read_to_end(&mut rec)
+        .map_err(|e| Error::transport(format!("{what}: {e}")))?;
+    if got as u64 != rest {
+        return Err(Error::peer(format!(
+            "{what}: ends inside a record ({got} of {rest} bytes)"
+        )));
+    }
     Ok(Some(rec))
 }
 
@@ -327,9 +338,12 @@ fn read_record<R: Read>(r: &mut R, limits: &Limits, what: &str) -> Fetched {
 /// The records themselves are checked by whoever reads the merged stream.
 pub struct Merger {
     main: BufReader<Box<dyn Link>>,
+    /// The data channels until the stream header is read.
+    links: Vec<Box<dyn Link>>,
     data: Vec<Receiver<Fetched>>,
     readers: Vec<JoinHandle<Box<dyn Link>>>,
-    limits: Limits,
+    /// Largest record body: the limit, or one page of the stream's page size.
+    max_body: u64,
     header_done: bool,
     ended: bool,
     pending: Vec<u8>,
@@ -353,17 +367,32 @@ impl Merger {
         limits: Limits,
         received: Arc<AtomicU64>,
     ) -> Merger {
-        let mut rxs = Vec::new();
-        let mut readers = Vec::new();
-        for (k, mut link) in data.into_iter().enumerate() {
+        Merger {
+            main: BufReader::with_capacity(1 << 20, main),
+            links: data,
+            data: Vec::new(),
+            readers: Vec::new(),
+            max_body: u64::from(limits.max_record_size),
+            header_done: false,
+            ended: false,
+            pending: Vec::new(),
+            at: 0,
+            received,
+        }
+    }
+
+    /// Starts reading ahead on every data channel.
+    fn spawn_readers(&mut self) {
+        for (k, mut link) in std::mem::take(&mut self.links).into_iter().enumerate() {
             let (tx, rx) = sync_channel::<Fetched>(QUEUE);
-            let received = received.clone();
+            let received = self.received.clone();
+            let max_body = self.max_body;
             let spawned = std::thread::Builder::new()
                 .name(format!("relay-read-{k}"))
                 .spawn(move || {
                     let what = format!("data channel {k}");
                     loop {
-                        let r = read_record(&mut link, &limits, &what);
+                        let r = read_record(&mut link, max_body, &what);
                         let stop = !matches!(r, Ok(Some(_)));
                         if let Ok(Some(rec)) = &r {
                             received.fetch_add(rec.len() as u64, Ordering::Relaxed);
@@ -373,29 +402,27 @@ impl Merger {
                         }
                     }
                 });
-            if let Ok(h) = spawned {
-                readers.push(h);
+            match spawned {
+                Ok(h) => self.readers.push(h),
+                Err(e) => {
+                    let (tx, rx2) = sync_channel::<Fetched>(1);
+                    let _ = tx.send(Err(Error::internal(format!("data channel {k}: {e}"))));
+                    self.data.push(rx2);
+                    continue;
+                }
             }
-            rxs.push(rx);
-        }
-        Merger {
-            main: BufReader::with_capacity(1 << 20, main),
-            data: rxs,
-            readers,
-            limits,
-            header_done: false,
-            ended: false,
-            pending: Vec::new(),
-            at: 0,
-            received,
+            self.data.push(rx);
         }
     }
 
-    /// The main connection, once the stream was read to its end (for the
-    /// answer).
+    /// The main connection, for the answer. After the stream's end the
+    /// data channels' readers have ended and are joined; after a failure they
+    /// are left to end with their connections.
     pub fn into_main(self) -> Box<dyn Link> {
-        for r in self.readers {
-            let _ = r.join();
+        if self.ended {
+            for r in self.readers {
+                let _ = r.join();
+            }
         }
         self.main.into_inner()
     }
@@ -421,10 +448,14 @@ impl Merger {
                 .read_exact(&mut h[16..])
                 .map_err(|e| Error::peer(format!("main channel: stream header: {e}")))?;
             self.received.fetch_add(len as u64, Ordering::Relaxed);
+            // A pages record may always hold one page (docs/format.md §3).
+            let page = u32::from_le_bytes([h[32], h[33], h[34], h[35]]);
+            self.max_body = self.max_body.max(u64::from(page) + 4096);
             self.header_done = true;
+            self.spawn_readers();
             return Ok(Some(h));
         }
-        let rec = read_record(&mut self.main, &self.limits, "main channel")?
+        let rec = read_record(&mut self.main, self.max_body, "main channel")?
             .ok_or_else(|| Error::peer("main channel: ends before the end record"))?;
         self.received.fetch_add(rec.len() as u64, Ordering::Relaxed);
         let kind = u16::from_le_bytes([rec[0], rec[1]]);
