@@ -318,61 +318,16 @@ fn a_destination_stops_listening_when_its_migration_ends() {
     );
 }
 
-/// A source-side data channel that fails or corrupts what it carries.
-struct Faulty {
-    inner: UnixStream,
-    written: usize,
-    fail_at: Option<usize>,
-    flip_at: Option<usize>,
-}
-
-impl std::io::Read for Faulty {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.inner.read(buf)
-    }
-}
-
-impl std::io::Write for Faulty {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.fail_at.is_some_and(|at| self.written >= at) {
-            return Err(std::io::Error::other("injected failure"));
-        }
-        let mut chunk = buf.to_vec();
-        if let Some(at) = self.flip_at {
-            if (self.written..self.written + chunk.len()).contains(&at) {
-                chunk[at - self.written] ^= 0xff;
-            }
-        }
-        let n = self.inner.write(&chunk)?;
-        self.written += n;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl Link for Faulty {
-    fn cutter(&self) -> vmstream_migrate::link::Cutter {
-        self.inner.cutter()
-    }
-}
-
 #[test]
 fn a_failing_channel_fails_the_migration_and_the_first_failure_is_reported() {
     use vmstream_migrate::vm::Vcpus;
-    for (fail_at, flip_at) in [(Some(1 << 20), None), (None, Some((1 << 20) + 777))] {
+    for fault in [(Kind::Cut, 1 << 20), (Kind::Flip, (1 << 20) + 777)] {
         let a = Arc::new(Synthetic::new(16 << 20, Fill::Random, 1, 1));
         let b = Arc::new(Synthetic::new(16 << 20, Fill::Zero, 1, 2));
         a.resume().unwrap();
         let (mut s, d) = pairs(2);
         let (x, y) = UnixStream::pair().unwrap();
-        s.data[1] = Box::new(Faulty {
-            inner: x,
-            written: 0,
-            fail_at,
-            flip_at,
-        });
+        s.data[1] = Box::new(Wire::new(x, Some(fault)));
         let mut d = d;
         d.data[1] = Box::new(y);
         let (svm, dvm) = (a.vm(), b.vm());
@@ -389,8 +344,8 @@ fn a_failing_channel_fails_the_migration_and_the_first_failure_is_reported() {
         assert_eq!(ds.snapshot().status, Some(Status::Failed), "{dst}");
         assert!(!a.is_paused(), "the source runs on");
         assert!(b.is_paused(), "the destination never ran");
-        if fail_at.is_some() {
-            assert!(src.to_string().contains("injected failure"), "{src}");
+        if matches!(fault.0, Kind::Cut) {
+            assert!(src.to_string().contains("injected cut"), "{src}");
         } else {
             // The destination names the corruption, not the teardown after it.
             assert!(dst.to_string().contains("checksum"), "{dst}");
