@@ -2,44 +2,33 @@
 //! stopped.
 //!
 //! The engine takes a CRC32C of guest memory on both sides while the guest
-//! is stopped, so its time is downtime: about 100 ms per GiB here. This
-//! cache keeps one CRC per 2 MiB chunk and a stale flag, recomputed by a
-//! background thread while the migration runs; at switchover only the
-//! chunks written since are read, and the chunk CRCs are combined.
+//! is stopped, so its time is downtime: about 100 ms per GiB here. The
+//! migration itself reads every page it sends (source) and writes every page
+//! it receives (destination), with the bytes in hand; this cache keeps the
+//! CRC of each page from then, and at switchover combines the page CRCs
+//! (one 32x32 GF(2) matrix step per page), reading only pages whose CRC is
+//! missing or stale.
 //!
 //! The cache is valid only while every change to memory reaches it
 //! (`tracking`): on a source while KVM's dirty log is on (pages the log
-//! reports mark their chunks stale), on a destination while its vCPUs have
-//! not run (the engine's writes mark them). A chunk is marked stale after a
-//! write and recomputed under its lock, so a write racing a recomputation
-//! leaves it stale.
+//! reports become stale), on a destination while its vCPUs have not run
+//! (the engine's writes refresh them). Each page has a generation: a read
+//! records its CRC only if no stale mark came between the generation it saw
+//! before reading and the store, so a guest write racing a read leaves the
+//! page stale.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crc_fast::CrcAlgorithm;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmstream_migrate::vm::DirtyBitmap;
 
-/// Bytes per chunk (guest memory is a multiple of it).
-pub(crate) const CHUNK: u64 = 2 << 20;
 const PAGE: u64 = 4096;
+const VALID: u64 = 1 << 63;
+const GEN_MASK: u64 = 0x7fff_ffff;
 
-#[derive(Debug, Clone, Copy)]
-struct Chunk {
-    stale: bool,
-    crc: u32,
-    /// Bumped by every mark: the background thread waits for a chunk to be
-    /// quiet for one pass, so chunks still being filled are read once.
-    writes: u64,
-}
-
-pub(crate) struct DigestCache {
-    mem: Arc<GuestMemoryMmap>,
-    chunks: Vec<Mutex<Chunk>>,
-    tracking: AtomicBool,
-    quit: AtomicBool,
+fn gen(v: u64) -> u64 {
+    (v >> 32) & GEN_MASK
 }
 
 /// CRC32C of `len` bytes of guest memory from `at`.
@@ -68,32 +57,44 @@ pub(crate) fn combine(pieces: impl IntoIterator<Item = (u32, u64)>) -> u32 {
     }) as u32
 }
 
+pub(crate) struct DigestCache {
+    /// Per page: `VALID`, a 31-bit generation at bit 32, the CRC below.
+    pages: Vec<AtomicU64>,
+    tracking: AtomicBool,
+    /// Column `i`: bit `i` of a CRC carried over one page of zeros, so
+    /// `crc(A ++ B) = shift(crc(A)) ^ crc(B)` for a page `B`.
+    shift: [u32; 32],
+}
+
 impl DigestCache {
-    /// A cache over `size` bytes; `zeroed`: memory is known to be all zeros
-    /// and nothing else writes it yet (an incoming guest), so the cache is
+    /// A cache over `size` bytes; `zeroed`: memory is all zeros and nothing
+    /// but the engine writes it yet (an incoming guest), so the cache is
     /// valid from the start.
-    pub(crate) fn new(mem: Arc<GuestMemoryMmap>, size: u64, zeroed: bool) -> DigestCache {
-        let zero = vmstream::crc32c(&vec![0u8; CHUNK as usize]);
-        let chunks = (0..size / CHUNK)
-            .map(|_| {
-                Mutex::new(Chunk {
-                    stale: !zeroed,
-                    crc: zero,
-                    writes: 0,
-                })
-            })
-            .collect();
+    pub(crate) fn new(size: u64, zeroed: bool) -> DigestCache {
+        let zero = u64::from(vmstream::crc32c(&[0u8; PAGE as usize]));
+        let init = if zeroed { VALID | zero } else { 0 };
+        let mut shift = [0u32; 32];
+        for (i, col) in shift.iter_mut().enumerate() {
+            *col = crc_fast::checksum_combine(CrcAlgorithm::Crc32Iscsi, 1 << i, 0, PAGE) as u32;
+        }
         DigestCache {
-            mem,
-            chunks,
+            pages: (0..size / PAGE).map(|_| AtomicU64::new(init)).collect(),
             tracking: AtomicBool::new(zeroed),
-            quit: AtomicBool::new(false),
+            shift,
         }
     }
 
-    /// Every change is reported from now on: all chunks are stale.
+    fn stale(&self, p: usize) {
+        let _ = self.pages[p].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+            Some(((gen(v) + 1) & GEN_MASK) << 32)
+        });
+    }
+
+    /// Every change is reported from now on: all pages are stale.
     pub(crate) fn track(&self) {
-        self.mark_all();
+        for p in 0..self.pages.len() {
+            self.stale(p);
+        }
         self.tracking.store(true, Ordering::SeqCst);
     }
 
@@ -102,111 +103,110 @@ impl DigestCache {
         self.tracking.store(false, Ordering::SeqCst);
     }
 
-    fn mark_all(&self) {
-        for c in &self.chunks {
-            if let Ok(mut c) = c.lock() {
-                c.stale = true;
-                c.writes += 1;
-            }
-        }
-    }
-
-    /// Bytes `at..at + len` were written.
-    pub(crate) fn mark(&self, at: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        let (first, last) = (at / CHUNK, (at + len - 1) / CHUNK);
-        for c in self
-            .chunks
-            .iter()
-            .take(last as usize + 1)
-            .skip(first as usize)
-        {
-            if let Ok(mut c) = c.lock() {
-                c.stale = true;
-            }
-        }
-    }
-
     /// The pages of `bitmap` were written.
     pub(crate) fn mark_pages(&self, bitmap: &DirtyBitmap) {
         for (first, count) in bitmap.runs() {
-            self.mark(first * PAGE, count * PAGE);
-        }
-    }
-
-    /// Chunk `i`'s CRC, recomputed if stale (or only if also quiet since
-    /// `seen` writes, when given).
-    fn refresh(&self, i: usize, seen: Option<&mut u64>) -> Result<u32, String> {
-        let mut c = self.chunks[i].lock().map_err(|_| "digest lock poisoned")?;
-        if let Some(seen) = seen {
-            let quiet = *seen == c.writes;
-            *seen = c.writes;
-            if !quiet {
-                return Ok(c.crc);
+            for p in first..(first + count).min(self.pages.len() as u64) {
+                self.stale(p as usize);
             }
         }
-        if c.stale {
-            c.crc = crc_range(&self.mem, i as u64 * CHUNK, CHUNK)?;
-            c.stale = false;
-        }
-        Ok(c.crc)
     }
 
-    /// The CRC32C of all memory, reading only stale chunks; `None` when the
-    /// cache is not tracking changes.
-    pub(crate) fn crc(&self) -> Option<Result<u32, String>> {
+    /// Generations of the pages from byte `at` covering `len` bytes, taken
+    /// before reading them.
+    pub(crate) fn before_read(&self, at: u64, len: usize) -> Vec<u64> {
+        let first = (at / PAGE) as usize;
+        (first..first + len / PAGE as usize)
+            .map(|p| {
+                self.pages
+                    .get(p)
+                    .map_or(0, |v| gen(v.load(Ordering::SeqCst)))
+            })
+            .collect()
+    }
+
+    /// `data` was read from byte `at` after [`DigestCache::before_read`]
+    /// gave `gens`: records each page's CRC unless it went stale meanwhile.
+    pub(crate) fn after_read(&self, at: u64, data: &[u8], gens: &[u64]) {
+        let first = (at / PAGE) as usize;
+        for (i, (page, &g)) in data.chunks_exact(PAGE as usize).zip(gens).enumerate() {
+            let Some(slot) = self.pages.get(first + i) else {
+                return;
+            };
+            let crc = u64::from(vmstream::crc32c(page));
+            let _ = slot.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                (gen(v) == g).then_some(VALID | (g << 32) | crc)
+            });
+        }
+    }
+
+    /// `data` was written at byte `at` by the engine (nothing else writes
+    /// memory while the cache tracks a destination).
+    pub(crate) fn written(&self, at: u64, data: &[u8]) {
+        let first = (at / PAGE) as usize;
+        for (i, page) in data.chunks_exact(PAGE as usize).enumerate() {
+            if let Some(slot) = self.pages.get(first + i) {
+                let crc = u64::from(vmstream::crc32c(page));
+                let _ = slot.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                    Some(VALID | (gen(v) << 32) | crc)
+                });
+            }
+        }
+    }
+
+    fn shifted(&self, crc: u32) -> u32 {
+        let mut out = 0;
+        let mut v = crc;
+        let mut i = 0;
+        while v != 0 {
+            if v & 1 != 0 {
+                out ^= self.shift[i];
+            }
+            v >>= 1;
+            i += 1;
+        }
+        out
+    }
+
+    /// The CRC32C of all memory, reading only pages without a valid CRC;
+    /// `None` when the cache is not tracking changes or most pages would have
+    /// to be read anyway.
+    pub(crate) fn crc(&self, mem: &GuestMemoryMmap) -> Option<Result<u32, String>> {
         if !self.tracking.load(Ordering::SeqCst) {
             return None;
         }
-        // The stale chunks in one piece per core.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = self.chunks.len().div_ceil(threads).max(1);
-        let crcs = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..self.chunks.len())
-                .step_by(per)
-                .map(|first| {
-                    s.spawn(move || {
-                        (first..(first + per).min(self.chunks.len()))
-                            .map(|i| self.refresh(i, None))
-                            .collect::<Result<Vec<u32>, String>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| "a checksum thread panicked".to_owned())?
-                })
-                .collect::<Result<Vec<Vec<u32>>, String>>()
-        });
-        Some(crcs.map(|v| combine(v.into_iter().flatten().map(|c| (c, CHUNK)))))
-    }
-
-    /// The background thread: recomputes stale chunks that were quiet for
-    /// a pass, while tracking, at the idle scheduling class so that it takes
-    /// only CPU time the migration leaves.
-    pub(crate) fn run(self: Arc<Self>) {
-        crate::sys::idle_priority();
-        let mut seen = vec![0u64; self.chunks.len()];
-        while !self.quit.load(Ordering::SeqCst) {
-            if self.tracking.load(Ordering::SeqCst) {
-                for (i, seen) in seen.iter_mut().enumerate() {
-                    if self.quit.load(Ordering::SeqCst) || !self.tracking.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let _ = self.refresh(i, Some(seen));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let missing = self
+            .pages
+            .iter()
+            .filter(|v| v.load(Ordering::SeqCst) & VALID == 0)
+            .count();
+        if missing > self.pages.len() / 4 {
+            return None;
         }
-    }
-
-    /// Stops [`DigestCache::run`].
-    pub(crate) fn stop(&self) {
-        self.quit.store(true, Ordering::SeqCst);
+        let mut buf = vec![0u8; PAGE as usize];
+        let mut acc: Option<u32> = None;
+        for (p, slot) in self.pages.iter().enumerate() {
+            let v = slot.load(Ordering::SeqCst);
+            let crc = if v & VALID != 0 {
+                v as u32
+            } else {
+                let at = p as u64 * PAGE;
+                if let Err(e) = mem.read_slice(&mut buf, GuestAddress(at)) {
+                    return Some(Err(format!("reading guest memory at {at:#x}: {e}")));
+                }
+                let crc = vmstream::crc32c(&buf);
+                let g = gen(v);
+                let _ = slot.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                    (gen(v) == g).then_some(VALID | (g << 32) | u64::from(crc))
+                });
+                crc
+            };
+            acc = Some(match acc {
+                None => crc,
+                Some(a) => self.shifted(a) ^ crc,
+            });
+        }
+        Some(Ok(acc.unwrap_or_else(|| vmstream::crc32c(&[]))))
     }
 }
 
@@ -225,5 +225,34 @@ mod tests {
                 .map(|r| (vmstream::crc32c(&data[r.clone()]), r.len() as u64)),
         );
         assert_eq!(got, whole);
+    }
+
+    #[test]
+    fn page_crcs_combine_to_the_whole_crc_and_stale_pages_are_reread() {
+        let size = 64 * PAGE;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
+        let data: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
+        let cache = DigestCache::new(size, true);
+        // A destination: the engine writes everything.
+        mem.write_slice(&data, GuestAddress(0)).unwrap();
+        cache.written(0, &data);
+        assert_eq!(cache.crc(&mem).unwrap().unwrap(), vmstream::crc32c(&data));
+        // A source: read after tracking starts, then a page changes and the
+        // dirty log says so; a page whose read raced a stale mark is reread.
+        cache.track();
+        let gens = cache.before_read(0, data.len());
+        let mut out = vec![0u8; data.len()];
+        mem.read_slice(&mut out, GuestAddress(0)).unwrap();
+        let mut dirty = DirtyBitmap::new(64);
+        dirty.set(5);
+        cache.mark_pages(&dirty);
+        cache.after_read(0, &out, &gens);
+        mem.write_slice(&[9u8; 4096], GuestAddress(5 * PAGE))
+            .unwrap();
+        let mut now = vec![0u8; data.len()];
+        mem.read_slice(&mut now, GuestAddress(0)).unwrap();
+        assert_eq!(cache.crc(&mem).unwrap().unwrap(), vmstream::crc32c(&now));
+        cache.untrack();
+        assert!(cache.crc(&mem).is_none());
     }
 }

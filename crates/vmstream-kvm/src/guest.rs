@@ -19,7 +19,7 @@ use vmstream_migrate::vm::{
     Device, DeviceRegistry, DirtyBitmap, DirtyLog, GuestMemory, Region, SerdeDevice, Vcpus, Vm,
 };
 
-use crate::digest::{combine, crc_range, DigestCache, CHUNK};
+use crate::digest::{combine, crc_range, DigestCache};
 use crate::program;
 use crate::serial::{self, Uart};
 use crate::state::{self, ClockState, IrqchipState, VcpuState};
@@ -169,8 +169,7 @@ pub struct KvmGuest {
     logging: AtomicBool,
     /// Pages the digest took from KVM's dirty log, for the next fetch.
     carry: Mutex<Option<DirtyBitmap>>,
-    digest: Arc<DigestCache>,
-    digest_thread: Mutex<Option<JoinHandle<()>>>,
+    digest: DigestCache,
     _kvm: Kvm,
 }
 
@@ -242,7 +241,6 @@ impl KvmGuest {
             .map_err(|e| format!("guest memory of {} bytes: {e}", cfg.memory))?;
         crate::sys::set_slot(&vm, &mem, false)?;
         let mem = Arc::new(mem);
-        let digest = Arc::new(DigestCache::new(mem.clone(), cfg.memory, !cfg.boot));
         let guest = KvmGuest {
             vm: Arc::new(vm),
             mem,
@@ -265,8 +263,7 @@ impl KvmGuest {
             vcpu_state_version: cfg.vcpu_state_version,
             logging: AtomicBool::new(false),
             carry: Mutex::new(None),
-            digest: digest.clone(),
-            digest_thread: Mutex::new(None),
+            digest: DigestCache::new(cfg.memory, !cfg.boot),
             _kvm: kvm,
         };
         if cfg.boot {
@@ -309,13 +306,7 @@ impl KvmGuest {
             threads.push(h);
         }
         *lock(&guest.threads)? = threads;
-        let d = guest.digest.clone();
-        *lock(&guest.digest_thread)? = Some(
-            std::thread::Builder::new()
-                .name("digest".to_owned())
-                .spawn(move || d.run())
-                .map_err(|e| format!("starting the digest thread: {e}"))?,
-        );
+
         // Returns once every vCPU thread has parked.
         guest.pause()?;
         Ok(guest)
@@ -479,10 +470,6 @@ impl KvmGuest {
             crate::sys::kick(h);
         }
         for h in threads {
-            let _ = h.join();
-        }
-        self.digest.stop();
-        if let Some(h) = self.digest_thread.lock().ok().and_then(|mut h| h.take()) {
             let _ = h.join();
         }
     }
@@ -724,9 +711,12 @@ impl GuestMemory for KvmGuest {
         if region != 0 {
             return Err(format!("no region {region}"));
         }
+        let gens = self.digest.before_read(offset, out.len());
         self.mem
             .read_slice(out, GuestAddress(offset))
-            .map_err(|e| format!("reading guest memory at {offset:#x}: {e}"))
+            .map_err(|e| format!("reading guest memory at {offset:#x}: {e}"))?;
+        self.digest.after_read(offset, out, &gens);
+        Ok(())
     }
 
     fn write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), String> {
@@ -736,7 +726,7 @@ impl GuestMemory for KvmGuest {
         self.mem
             .write_slice(data, GuestAddress(offset))
             .map_err(|e| format!("writing guest memory at {offset:#x}: {e}"))?;
-        self.digest.mark(offset, data.len() as u64);
+        self.digest.written(offset, data);
         Ok(())
     }
 
@@ -758,11 +748,11 @@ impl GuestMemory for KvmGuest {
                 None => *carry = Some(log),
             }
         }
-        if let Some(crc) = self.digest.crc() {
+        if let Some(crc) = self.digest.crc(&self.mem) {
             return crc;
         }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let piece = self.size.div_ceil(threads as u64).next_multiple_of(CHUNK);
+        let piece = self.size.div_ceil(threads as u64).next_multiple_of(2 << 20);
         let pieces: Vec<(u64, u64)> = (0..self.size)
             .step_by(piece as usize)
             .map(|at| (at, piece.min(self.size - at)))

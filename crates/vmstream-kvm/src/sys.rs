@@ -1,7 +1,6 @@
 //! The crate's only `unsafe` code: registering guest memory with KVM, the
-//! one vCPU ioctl kvm-ioctls leaves unsafe, kicking a vCPU thread out of
-//! `KVM_RUN` with a signal, and moving a thread to the idle scheduling
-//! class. Each is a small safe function.
+//! one vCPU ioctl kvm-ioctls leaves unsafe, and kicking a vCPU thread out
+//! of `KVM_RUN` with a signal. Each is a small safe function.
 
 use std::os::unix::thread::JoinHandleExt;
 use std::thread::JoinHandle;
@@ -72,16 +71,5 @@ pub(crate) fn kick<T>(thread: &JoinHandle<T>) {
     // a handler (install_kick_handler runs before any vCPU thread starts).
     unsafe {
         libc::pthread_kill(thread.as_pthread_t(), kick_signal());
-    }
-}
-
-/// Moves the calling thread to `SCHED_IDLE`: it runs only on CPU time no
-/// other thread wants. Best effort: an error leaves it as it was.
-pub(crate) fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler(2) on the calling thread (pid 0) reads only
-    // `param`, a valid sched_param that lives across the call.
-    unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
 }
