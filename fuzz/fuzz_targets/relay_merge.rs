@@ -61,11 +61,9 @@ fuzz_target!(|data: &[u8]| {
         parts.push(rest[..take].to_vec());
         rest = &rest[take..];
     }
-    let limits = Limits {
-        max_record_size: 1 << 20,
-        max_alloc: 4 << 20,
-        ..Limits::default()
-    };
+    let limits = Limits::default()
+        .with_max_record_size(1 << 20)
+        .with_max_alloc(4 << 20);
     let main = Box::new(Bytes(Cursor::new(parts.remove(0)))) as Box<dyn Link>;
     let data: Vec<Box<dyn Link>> = parts
         .into_iter()
