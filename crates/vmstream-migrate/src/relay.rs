@@ -282,8 +282,16 @@ impl Write for Splitter {
         if let Some(r) = self.record.as_mut() {
             r.write_all(bytes)?;
         }
-        self.buf.extend_from_slice(bytes);
-        self.route().map_err(io::Error::other)?;
+        if self.buf.is_empty() {
+            // Whole records route straight from the writer's buffer; only a
+            // record cut at the end waits for the next write.
+            let mut at = 0;
+            self.route_from(bytes, &mut at).map_err(io::Error::other)?;
+            self.buf.extend_from_slice(&bytes[at..]);
+        } else {
+            self.buf.extend_from_slice(bytes);
+            self.route().map_err(io::Error::other)?;
+        }
         Ok(bytes.len())
     }
 
