@@ -595,8 +595,10 @@ fn run(
         }
         let (next, msg) = stop.complete(regions, devices);
         main.control(&msg)?;
-        let ready = match (next, back.as_mut()) {
+        let (awaiting, back) = match (next, back.as_mut()) {
             (AfterComplete::AwaitReady(w), Some(back)) => (w, back),
+            // One-way: the stream is whole; the VM stays paused here, as
+            // QEMU's does after a migration to a file.
             _ => {
                 *committed = true;
                 main.finish()?;
@@ -604,8 +606,7 @@ fn run(
                 return Ok(());
             }
         };
-        let (ready, back) = ready;
-        let (commit, go) = ready.answer(answer(back, cancel, ready_timeout, "ready")?)?;
+        let (commit, go) = awaiting.answer(answer(back, cancel, ready_timeout, "ready")?)?;
         if cancel.is_stopped() {
             return Err(Error::cancelled());
         }
