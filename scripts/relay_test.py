@@ -15,9 +15,10 @@ memory equals the source's (QMP pmemsave of both, from 1 MiB up) and equals
 `vmstream extract` of the relay's recording, and the destination runs on after
 `cont` (its memory keeps changing). Cases: 7.2 -> 7.2 with 3 data channels and
 a recording; 10.0 -> 10.0 with 1 data channel and mutual TLS; 7.2 -> 10.0 with
-an am53c974 and the esp rules, which QEMU alone cannot do. Then faults: each
-relay killed mid-way in turn; the source QEMU must report `failed` and keep
-running, the destination QEMU must not run.
+an am53c974 and the esp rules, which QEMU alone cannot do. Then what the relay
+refuses (QEMU's return path: the source QEMU fails at once and runs on) and
+faults: each relay killed mid-way in turn; the source QEMU must report `failed`
+and keep running, the destination QEMU must not run.
 
 Exits 0 on success, 1 on failure; skips (exit 0 with a note) without QEMU.
 """
@@ -252,6 +253,29 @@ def run_kill(c, which):
     return f"source {st}, running; other relay exit {rc}: {line[0] if line else ''}"
 
 
+def run_return_path(c):
+    """QEMU's return path is not carried: the sending relay refuses it at
+    once, and the source QEMU fails its migration and runs on."""
+    c.start()
+    for q in (c.sqmp, c.dqmp):
+        q.cmd("migrate-set-capabilities", capabilities=[{"capability": "return-path", "state": True}])
+    c.migrate()
+    deadline = time.monotonic() + 30
+    while (st := c.sqmp.cmd("query-migrate").get("status")) not in ("failed", "completed"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the source QEMU is still {st}")
+        time.sleep(0.05)
+    if st != "failed" or c.sqmp.cmd("query-status")["status"] != "running":
+        raise RuntimeError(f"the source QEMU is {st}, expected failed and running")
+    if c.send.wait(timeout=30) == 0:
+        raise RuntimeError("the sending relay exited 0")
+    with open(c.path("send.log")) as f:
+        line = f.read().strip()
+    if "return path" not in line:
+        raise RuntimeError(f"the sending relay said: {line}")
+    return line
+
+
 def main():
     vmstream = sys.argv[1]
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
@@ -272,6 +296,7 @@ def main():
             ("10.0-to-10.0-x1-tls", lambda: guarded(Case(vmstream, tmp, "b", "10.0", "10.0", 1, tls=tls), run_case)),
             ("7.2-to-10.0-esp-rules", lambda: guarded(Case(vmstream, tmp, "c", "7.2", "10.0", 2, esp,
                                                             rules=rules), run_case)),
+            ("return-path-refused", lambda: guarded(Case(vmstream, tmp, "f", "7.2", "7.2", 1), run_return_path)),
             ("kill-send", lambda: guarded(Case(vmstream, tmp, "d", "7.2", "7.2", 2), run_kill, "send")),
             ("kill-receive", lambda: guarded(Case(vmstream, tmp, "e", "7.2", "7.2", 2), run_kill, "receive")),
         ]

@@ -167,20 +167,16 @@ fn send(a: &RelaySendArgs, limits: Limits, stats: &Stats) -> Result<()> {
         )
     };
     let splitter = match rules {
-        None => {
-            vmstream_qemu::qemu_to_vmstream(input, splitter, &opts)
-                .map_err(at)?
-                .0
-        }
+        None => convert(input, splitter, &opts).map_err(at)?,
         Some(reg) => {
             // Transformed QEMU bytes go through a pipe into the conversion.
             let (r, w) = std::io::pipe().context("a pipe for the transform")?;
             std::thread::scope(|s| -> Result<Splitter> {
                 let t = s.spawn(|| transform(input, w, &reg, &opts));
-                let converted = vmstream_qemu::qemu_to_vmstream(r, splitter, &opts);
+                let converted = convert(r, splitter, &opts);
                 let transformed = t.join().map_err(|_| anyhow!("the transform panicked"))?;
                 transformed.map_err(at)?;
-                Ok(converted.map_err(at)?.0)
+                converted.map_err(at)
             })?
         }
     };
@@ -280,6 +276,40 @@ fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
         });
     result?;
     told.map_err(|e| anyhow!("answering the sending relay at {main_peer}: {e}"))
+}
+
+/// Converts the source QEMU's stream into `out`, refusing what the relay
+/// cannot carry.
+fn convert<R: Read, W: Write>(input: R, out: W, opts: &ConvertOptions) -> vmstream::Result<W> {
+    let mut sink = NoReturnPath(vmstream_qemu::VmstreamSink::new(out, opts.writer));
+    vmstream_qemu::read_qemu(input, &mut sink, opts)?;
+    sink.0.finish()
+}
+
+/// QEMU's return path (capability `return-path`) is not carried: the
+/// source QEMU would wait for it to close at the end and the migration would
+/// never complete, so the command that opens it fails the relay at once, and
+/// the source QEMU fails its migration and runs on.
+struct NoReturnPath<S>(S);
+
+/// `MIG_CMD_OPEN_RETURN_PATH`.
+const OPEN_RETURN_PATH: u16 = 1;
+
+impl<S: vmstream_qemu::Sink> vmstream_qemu::Sink for NoReturnPath<S> {
+    fn event(&mut self, event: &vmstream_qemu::Event<'_>) -> vmstream::Result<()> {
+        if let vmstream_qemu::Event::Command {
+            cmd: OPEN_RETURN_PATH,
+            ..
+        } = event
+        {
+            return Err(vmstream::Error::new(
+                vmstream::ErrorKind::Unsupported,
+                "the source QEMU opened a return path (capability return-path), \
+                 which the relay does not carry: turn return-path off on both QEMUs",
+            ));
+        }
+        self.0.event(event)
+    }
 }
 
 /// A rules file, parsed.
