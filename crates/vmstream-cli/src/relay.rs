@@ -172,6 +172,7 @@ fn send(a: &RelaySendArgs, limits: Limits, stats: &Stats) -> Result<()> {
             // Transformed QEMU bytes go through a pipe into the conversion.
             let (r, w) = std::io::pipe().context("a pipe for the transform")?;
             std::thread::scope(|s| -> Result<Splitter> {
+                let w = BufWriter::with_capacity(1 << 20, w);
                 let t = s.spawn(|| transform(input, w, &reg, &opts));
                 let converted = convert(r, splitter, &opts);
                 let transformed = t.join().map_err(|_| anyhow!("the transform panicked"))?;
@@ -218,7 +219,7 @@ fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
         .map_err(|e| anyhow!("--listen {}: {}", a.listen, e.chain()))?;
     drop(listener);
     stats.update(|s| s.status = Some(Status::Active));
-    let mut qemu = connect(&to, None).map_err(|e| anyhow!("--to {}: {}", a.to, e.chain()))?;
+    let qemu = connect(&to, None).map_err(|e| anyhow!("--to {}: {}", a.to, e.chain()))?;
     let links = |c: Connection| Box::new(c) as Box<dyn Link>;
     let main_peer = set.main.peer().to_owned();
     let merger = Merger::new(
@@ -234,14 +235,17 @@ fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
         vmdesc: None,
     };
     let mut merger = merger;
+    // QemuWriter writes a few bytes at a time: gather them into large writes.
+    let mut out = BufWriter::with_capacity(1 << 20, qemu);
     let result = match &rules {
-        None => vmstream_qemu::vmstream_to_qemu(&mut merger, &mut qemu, &opts).map(|_| ()),
+        None => vmstream_qemu::vmstream_to_qemu(&mut merger, &mut out, &opts).map(|_| ()),
         Some(reg) => match std::io::pipe() {
             // QEMU bytes converted back go through a pipe into the transform.
             Ok((r, w)) => std::thread::scope(|s| {
+                let w = BufWriter::with_capacity(1 << 20, w);
                 let t =
                     s.spawn(|| vmstream_qemu::vmstream_to_qemu(&mut merger, w, &opts).map(|_| ()));
-                let transformed = transform(r, &mut qemu, reg, &opts);
+                let transformed = transform(r, &mut out, reg, &opts);
                 let converted = t.join().unwrap_or_else(|_| {
                     Err(vmstream::Error::new(
                         vmstream::ErrorKind::Malformed,
@@ -256,7 +260,9 @@ fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
     let result = result
         .map_err(|e| anyhow!("relaying to the destination QEMU: {e}"))
         .and_then(|()| {
-            qemu.flush().context("writing to the destination QEMU")?;
+            let qemu = out
+                .into_inner()
+                .map_err(|e| anyhow!("writing to the destination QEMU: {}", e.error()))?;
             qemu.finish()
                 .map_err(|e| anyhow!("closing the destination QEMU's connection: {}", e.chain()))
         });
