@@ -39,11 +39,9 @@ impl RunState {
     }
 }
 
-/// What the QMP commands need of a guest, synthetic or KVM.
-trait GuestVm: Send + Sync {
-    fn pause(&self) -> Result<(), String>;
-    fn resume(&self) -> Result<(), String>;
-    fn throttle(&self, percent: u8);
+/// What the QMP commands need of a guest, synthetic or KVM: its vCPUs, and
+/// more.
+trait GuestVm: Vcpus {
     fn is_paused(&self) -> bool;
     /// `x-query-guest`: the memory checksum, the workload's counter and the
     /// devices, to compare both sides of a migration.
@@ -51,15 +49,6 @@ trait GuestVm: Send + Sync {
 }
 
 impl GuestVm for Synthetic {
-    fn pause(&self) -> Result<(), String> {
-        Vcpus::pause(self)
-    }
-    fn resume(&self) -> Result<(), String> {
-        Vcpus::resume(self)
-    }
-    fn throttle(&self, percent: u8) {
-        Vcpus::throttle(self, percent)
-    }
     fn is_paused(&self) -> bool {
         Synthetic::is_paused(self)
     }
@@ -74,15 +63,6 @@ impl GuestVm for Synthetic {
 }
 
 impl GuestVm for KvmGuest {
-    fn pause(&self) -> Result<(), String> {
-        Vcpus::pause(self)
-    }
-    fn resume(&self) -> Result<(), String> {
-        Vcpus::resume(self)
-    }
-    fn throttle(&self, percent: u8) {
-        Vcpus::throttle(self, percent)
-    }
     fn is_paused(&self) -> bool {
         KvmGuest::is_paused(self)
     }
