@@ -325,19 +325,9 @@ fn a_failing_channel_fails_the_migration_and_the_first_failure_is_reported() {
         let a = Arc::new(Synthetic::new(16 << 20, Fill::Random, 1, 1));
         let b = Arc::new(Synthetic::new(16 << 20, Fill::Zero, 1, 2));
         a.resume().unwrap();
-        let (mut s, d) = pairs(2);
-        let (x, y) = UnixStream::pair().unwrap();
-        s.data[1] = Box::new(Wire::new(x, Some(fault)));
-        let mut d = d;
-        d.data[1] = Box::new(y);
-        let (svm, dvm) = (a.vm(), b.vm());
-        let loc = local(&dvm, 8, &[]).unwrap();
-        let (ss, ds) = (Stats::new(), Stats::new());
-        let (src, dst) = std::thread::scope(|scope| {
-            let h = scope.spawn(|| incoming(&dvm, d, &loc, &ds, &Cancel::new()));
-            let src = migrate(&svm, s, &fast(), &ss, &Cancel::new());
-            (src, h.join().unwrap())
-        });
+        let w = wired(2, Spot::Data(1), Some(fault));
+        let (o, ds) = migrate_wired(&a, &b, w.src, w.dst);
+        let (src, dst, ss) = (o.src, o.dst, o.src_stats);
         let (src, dst) = (src.unwrap_err(), dst.unwrap_err());
         // A failure, not a cancel, on both sides.
         assert_eq!(ss.snapshot().status, Some(Status::Failed), "{src}");
