@@ -202,19 +202,8 @@ fn a_killed_destination_and_a_cut_channel_leave_the_source_running() {
     wait_for_lines(&a, 1);
 
     // Killed in precopy.
-    let mut b = destination(d, "b", "32M", "2");
-    let slow = Setup {
-        max_bandwidth: Some(8 << 20),
-        ..Setup::channels(2)
-    };
-    let (target, _) = listen_tcp(&mut b, &slow, "127.0.0.1", false);
-    start(&mut a, &slow, &target);
-    a.wait_info("precopy under way", |i| {
-        i["status"] == "active" && i["ram"]["transferred"].as_u64() > Some(1 << 20)
-    });
-    b.kill();
-    let info = assert_source_intact(&mut a, &["failed"]);
-    assert!(info["error-desc"].is_string(), "{info}");
+    let b = destination(d, "b", "32M", "2");
+    kill_destination_in_precopy(&mut a, b);
 
     // A data channel cut after 1 MiB.
     let mut c = destination(d, "c", "32M", "2");

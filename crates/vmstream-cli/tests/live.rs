@@ -357,19 +357,8 @@ fn a_killed_destination_leaves_the_source_running() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let mut a = Guest::source(d, "a");
-    let mut b = Guest::destination(d, "b");
-    let slow = Setup {
-        max_bandwidth: Some(8 << 20),
-        ..Setup::channels(2)
-    };
-    let (target, _) = listen_tcp(&mut b, &slow, "127.0.0.1", false);
-    start(&mut a, &slow, &target);
-    a.wait_info("precopy under way", |i| {
-        i["status"] == "active" && i["ram"]["transferred"].as_u64() > Some(1 << 20)
-    });
-    b.kill();
-    let info = assert_source_intact(&mut a, &["failed"]);
-    assert!(info["error-desc"].is_string(), "{info}");
+    let b = Guest::destination(d, "b");
+    kill_destination_in_precopy(&mut a, b);
     migrate_again(d, &mut a, "c");
     a.quit();
 }

@@ -416,6 +416,23 @@ pub(crate) fn assert_migrated(src: &mut Guest, dst: &mut Guest) -> Value {
     info
 }
 
+/// Starts a slow migration from `src` to `dst` over two data channels,
+/// kills `dst` once precopy is under way, and checks the source runs on.
+pub(crate) fn kill_destination_in_precopy(src: &mut Guest, mut dst: Guest) {
+    let slow = Setup {
+        max_bandwidth: Some(8 << 20),
+        ..Setup::channels(2)
+    };
+    let (target, _) = listen_tcp(&mut dst, &slow, "127.0.0.1", false);
+    start(src, &slow, &target);
+    src.wait_info("precopy under way", |i| {
+        i["status"] == "active" && i["ram"]["transferred"].as_u64() > Some(1 << 20)
+    });
+    dst.kill();
+    let info = assert_source_intact(src, &["failed"]);
+    assert!(info["error-desc"].is_string(), "{info}");
+}
+
 /// Checks a migration that failed or was cancelled left the source as it
 /// was: running, its workload going on, and not paused for good.
 pub(crate) fn assert_source_intact(src: &mut Guest, want: &[&str]) -> Value {
