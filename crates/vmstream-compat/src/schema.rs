@@ -662,40 +662,17 @@ impl Field {
 impl Ty {
     /// The type of one scalar value (containers give their shape).
     pub fn of_value(v: &Value) -> Ty {
+        let int = |bits, signed| Ty::Int { bits, signed };
         match v {
             Value::Bool(_) => Ty::Bool,
-            Value::U8(_) => Ty::Int {
-                bits: 8,
-                signed: false,
-            },
-            Value::U16(_) => Ty::Int {
-                bits: 16,
-                signed: false,
-            },
-            Value::U32(_) => Ty::Int {
-                bits: 32,
-                signed: false,
-            },
-            Value::U64(_) => Ty::Int {
-                bits: 64,
-                signed: false,
-            },
-            Value::I8(_) => Ty::Int {
-                bits: 8,
-                signed: true,
-            },
-            Value::I16(_) => Ty::Int {
-                bits: 16,
-                signed: true,
-            },
-            Value::I32(_) => Ty::Int {
-                bits: 32,
-                signed: true,
-            },
-            Value::I64(_) => Ty::Int {
-                bits: 64,
-                signed: true,
-            },
+            Value::U8(_) => int(8, false),
+            Value::U16(_) => int(16, false),
+            Value::U32(_) => int(32, false),
+            Value::U64(_) => int(64, false),
+            Value::I8(_) => int(8, true),
+            Value::I16(_) => int(16, true),
+            Value::I32(_) => int(32, true),
+            Value::I64(_) => int(64, true),
             Value::F32(_) => Ty::F32,
             Value::F64(_) => Ty::F64,
             Value::Bytes(_) => Ty::Bytes(None),
