@@ -886,7 +886,7 @@ def _():
 @good("reserved-arch-kind", "a 1.5 stream with arch and kind values this version "
       "reserves (section 10 lets minor versions add them)")
 def _():
-    s = Stream(minor=5, arch=9, kind=7)
+    s = Stream(minor=5, arch=99, kind=7)
     s.end()
     return s
 

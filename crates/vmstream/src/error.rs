@@ -217,7 +217,8 @@ impl From<std::io::Error> for Error {
         let message = if kind == ErrorKind::Malformed {
             "unexpected end of stream".to_owned()
         } else {
-            "i/o failed".to_owned()
+            // The cause belongs in the one line a command prints.
+            format!("i/o failed: {err}")
         };
         Error {
             inner: Box::new(Inner {

@@ -93,6 +93,48 @@ pub enum Arch {
     S390x,
     /// 64-bit Power.
     Ppc64,
+    /// 32-bit Arm (AArch32).
+    Arm,
+    /// 32-bit x86.
+    I386,
+    /// 32-bit RISC-V.
+    Riscv32,
+    /// 32-bit Power.
+    Ppc,
+    /// 32-bit MIPS (either byte order).
+    Mips,
+    /// 64-bit MIPS (either byte order).
+    Mips64,
+    /// 64-bit LoongArch.
+    Loongarch64,
+    /// 32-bit SPARC.
+    Sparc,
+    /// 64-bit SPARC.
+    Sparc64,
+    /// Alpha.
+    Alpha,
+    /// PA-RISC.
+    Hppa,
+    /// Motorola 68000 and ColdFire.
+    M68k,
+    /// MicroBlaze (either byte order).
+    Microblaze,
+    /// OpenRISC 1000.
+    Or1k,
+    /// SuperH SH-4 (either byte order).
+    Sh4,
+    /// Xtensa (either byte order).
+    Xtensa,
+    /// TriCore.
+    Tricore,
+    /// AVR.
+    Avr,
+    /// Renesas RX.
+    Rx,
+    /// CRIS.
+    Cris,
+    /// Nios II.
+    Nios2,
     /// A code this reader does not know.
     Other(u16),
 }
@@ -107,6 +149,27 @@ impl Arch {
             Arch::Riscv64 => 3,
             Arch::S390x => 4,
             Arch::Ppc64 => 5,
+            Arch::Arm => 6,
+            Arch::I386 => 7,
+            Arch::Riscv32 => 8,
+            Arch::Ppc => 9,
+            Arch::Mips => 10,
+            Arch::Mips64 => 11,
+            Arch::Loongarch64 => 12,
+            Arch::Sparc => 13,
+            Arch::Sparc64 => 14,
+            Arch::Alpha => 15,
+            Arch::Hppa => 16,
+            Arch::M68k => 17,
+            Arch::Microblaze => 18,
+            Arch::Or1k => 19,
+            Arch::Sh4 => 20,
+            Arch::Xtensa => 21,
+            Arch::Tricore => 22,
+            Arch::Avr => 23,
+            Arch::Rx => 24,
+            Arch::Cris => 25,
+            Arch::Nios2 => 26,
             Arch::Other(c) => c,
         }
     }
@@ -120,6 +183,27 @@ impl Arch {
             3 => Arch::Riscv64,
             4 => Arch::S390x,
             5 => Arch::Ppc64,
+            6 => Arch::Arm,
+            7 => Arch::I386,
+            8 => Arch::Riscv32,
+            9 => Arch::Ppc,
+            10 => Arch::Mips,
+            11 => Arch::Mips64,
+            12 => Arch::Loongarch64,
+            13 => Arch::Sparc,
+            14 => Arch::Sparc64,
+            15 => Arch::Alpha,
+            16 => Arch::Hppa,
+            17 => Arch::M68k,
+            18 => Arch::Microblaze,
+            19 => Arch::Or1k,
+            20 => Arch::Sh4,
+            21 => Arch::Xtensa,
+            22 => Arch::Tricore,
+            23 => Arch::Avr,
+            24 => Arch::Rx,
+            25 => Arch::Cris,
+            26 => Arch::Nios2,
             c => Arch::Other(c),
         }
     }
@@ -133,9 +217,61 @@ impl Arch {
             Arch::Riscv64 => "riscv64".into(),
             Arch::S390x => "s390x".into(),
             Arch::Ppc64 => "ppc64".into(),
+            Arch::Arm => "arm".into(),
+            Arch::I386 => "i386".into(),
+            Arch::Riscv32 => "riscv32".into(),
+            Arch::Ppc => "ppc".into(),
+            Arch::Mips => "mips".into(),
+            Arch::Mips64 => "mips64".into(),
+            Arch::Loongarch64 => "loongarch64".into(),
+            Arch::Sparc => "sparc".into(),
+            Arch::Sparc64 => "sparc64".into(),
+            Arch::Alpha => "alpha".into(),
+            Arch::Hppa => "hppa".into(),
+            Arch::M68k => "m68k".into(),
+            Arch::Microblaze => "microblaze".into(),
+            Arch::Or1k => "or1k".into(),
+            Arch::Sh4 => "sh4".into(),
+            Arch::Xtensa => "xtensa".into(),
+            Arch::Tricore => "tricore".into(),
+            Arch::Avr => "avr".into(),
+            Arch::Rx => "rx".into(),
+            Arch::Cris => "cris".into(),
+            Arch::Nios2 => "nios2".into(),
             Arch::Other(c) => format!("unknown({c})"),
         }
     }
+
+    /// Every architecture with a code, in code order (`Unknown` first).
+    pub const ALL: [Arch; 27] = [
+        Arch::Unknown,
+        Arch::X86_64,
+        Arch::Aarch64,
+        Arch::Riscv64,
+        Arch::S390x,
+        Arch::Ppc64,
+        Arch::Arm,
+        Arch::I386,
+        Arch::Riscv32,
+        Arch::Ppc,
+        Arch::Mips,
+        Arch::Mips64,
+        Arch::Loongarch64,
+        Arch::Sparc,
+        Arch::Sparc64,
+        Arch::Alpha,
+        Arch::Hppa,
+        Arch::M68k,
+        Arch::Microblaze,
+        Arch::Or1k,
+        Arch::Sh4,
+        Arch::Xtensa,
+        Arch::Tricore,
+        Arch::Avr,
+        Arch::Rx,
+        Arch::Cris,
+        Arch::Nios2,
+    ];
 
     /// Parses a name as printed by [`Arch::name`].
     pub fn from_name(name: &str) -> Option<Arch> {
@@ -146,6 +282,27 @@ impl Arch {
             "riscv64" => Arch::Riscv64,
             "s390x" => Arch::S390x,
             "ppc64" => Arch::Ppc64,
+            "arm" => Arch::Arm,
+            "i386" => Arch::I386,
+            "riscv32" => Arch::Riscv32,
+            "ppc" => Arch::Ppc,
+            "mips" => Arch::Mips,
+            "mips64" => Arch::Mips64,
+            "loongarch64" => Arch::Loongarch64,
+            "sparc" => Arch::Sparc,
+            "sparc64" => Arch::Sparc64,
+            "alpha" => Arch::Alpha,
+            "hppa" => Arch::Hppa,
+            "m68k" => Arch::M68k,
+            "microblaze" => Arch::Microblaze,
+            "or1k" => Arch::Or1k,
+            "sh4" => Arch::Sh4,
+            "xtensa" => Arch::Xtensa,
+            "tricore" => Arch::Tricore,
+            "avr" => Arch::Avr,
+            "rx" => Arch::Rx,
+            "cris" => Arch::Cris,
+            "nios2" => Arch::Nios2,
             _ => return None,
         })
     }
@@ -362,6 +519,13 @@ mod tests {
         let h = Header::new(StreamKind::Other(0), Arch::X86_64, 4096);
         assert_eq!(h.encode().unwrap_err().kind(), crate::ErrorKind::Usage);
         let h = Header::new(StreamKind::Other(200), Arch::Other(77), 4096);
+        for (code, arch) in Arch::ALL.into_iter().enumerate() {
+            assert_eq!(arch.code() as usize, code);
+            assert_eq!(Arch::from_code(code as u16), arch);
+            assert_eq!(Arch::from_name(&arch.name()), Some(arch));
+        }
+        assert_eq!(Arch::from_code(27), Arch::Other(27));
+        assert_eq!(Arch::from_name("unknown(27)"), None);
         assert_eq!(Header::decode(&h.encode().unwrap()).unwrap(), h);
     }
 

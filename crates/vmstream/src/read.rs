@@ -16,7 +16,7 @@ use crate::header::{Header, FEATURE_INDEX, FEATURE_QEMU_FRAMING, FIXED_LEN};
 use crate::index::{entry_for, INDEXED_KINDS};
 use crate::limits::Limits;
 use crate::record::{
-    check_description, check_frame, encode_index_entry, framed_len, parse_end, parse_index,
+    check_description, check_frame_with, encode_index_entry, framed_len, parse_end, parse_index,
     parse_index_entry, parse_ram_blocks, parse_record_header, read_str, DeviceState, End,
     IndexEntry, PageBatch, RamBlock, RawRecord, RecordKind, SchemaRecord, RECORD_HEADER_LEN,
 };
@@ -93,6 +93,9 @@ pub struct StreamState {
     name_ids: NameIds,
     /// Names of the RAM blocks defined so far.
     block_names: HashSet<String>,
+    /// Whether record checksums are recomputed ([`Decoder::of_own_frames`]
+    /// leaves them to the encoder that just wrote them).
+    verify_crc: bool,
 }
 
 /// The entries a stream's index must hold (docs/format.md §7): one per record
@@ -244,6 +247,7 @@ impl StreamState {
             }),
             name_ids: NameIds::default(),
             block_names: HashSet::new(),
+            verify_crc: true,
             header,
         }
     }
@@ -309,7 +313,8 @@ impl StreamState {
             .and_then(|h| h.try_into().ok())
             .ok_or_else(|| Error::truncated("record header", RECORD_HEADER_LEN, framed.len()))?;
         let (kind, flags, len) = self.record_header(&hdr)?;
-        let body = check_frame(framed, len, offset).map_err(|e| e.in_record(index, kind.name()))?;
+        let body = check_frame_with(framed, len, offset, self.verify_crc)
+            .map_err(|e| e.in_record(index, kind.name()))?;
         let raw = RawRecord {
             index,
             offset,
@@ -796,6 +801,8 @@ pub struct Decoder {
 #[derive(Debug)]
 struct Core {
     limits: Limits,
+    /// Recompute record checksums (false: [`Decoder::of_own_frames`]).
+    verify_crc: bool,
     state: Option<StreamState>,
     buf: Vec<u8>,
     need: usize,
@@ -809,6 +816,7 @@ impl Decoder {
         Decoder {
             core: Core {
                 limits,
+                verify_crc: true,
                 state: None,
                 buf: Vec::new(),
                 need: FIXED_LEN,
@@ -816,6 +824,18 @@ impl Decoder {
             },
             poisoned: false,
         }
+    }
+
+    /// A decoder for the frames this process's own [`crate::FrameEncoder`]
+    /// (or [`crate::StreamWriter`]) has just produced, e.g. a conversion read
+    /// back in the same process: it checks and parses everything
+    /// [`Decoder::new`]'s does except that it does not recompute record
+    /// checksums, which the encoder computed a moment ago. Never for bytes
+    /// that came from outside the process.
+    pub fn of_own_frames(limits: Limits) -> Decoder {
+        let mut d = Decoder::new(limits);
+        d.core.verify_crc = false;
+        d
     }
 
     /// The stream state, once the header has been decoded.
@@ -900,7 +920,9 @@ impl Core {
                     return Ok((take, None));
                 }
                 let header = Header::decode(&self.buf)?;
-                self.state = Some(StreamState::new(header.clone(), len, self.limits));
+                let mut state = StreamState::new(header.clone(), len, self.limits);
+                state.verify_crc = self.verify_crc;
+                self.state = Some(state);
                 self.buf.clear();
                 self.need = RECORD_HEADER_LEN;
                 Ok((take, Some(Event::Header(header))))

@@ -94,7 +94,10 @@ fn read_stream(bytes: &[u8], per_read: usize, limits: Limits) -> vmstream::Resul
 
 /// Feeds `bytes` to the push decoder in chunks given by `sizes` (cycled).
 fn read_push(bytes: &[u8], sizes: &[usize], limits: Limits) -> vmstream::Result<Vec<String>> {
-    let mut d = Decoder::new(limits);
+    read_push_with(Decoder::new(limits), bytes, sizes)
+}
+
+fn read_push_with(mut d: Decoder, bytes: &[u8], sizes: &[usize]) -> vmstream::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut pos = 0;
     let mut i = 0;
@@ -136,6 +139,26 @@ fn all_readers_agree(bytes: &[u8]) -> Vec<String> {
         a
     );
     a
+}
+
+/// A decoder of the process's own frames reads the same records, and leaves
+/// only the checksum to the encoder: framing and contents are still checked.
+#[test]
+fn own_frames_decode_the_same_and_skip_only_the_checksum() {
+    let lim = Limits::default();
+    let bytes = sample_stream();
+    let own = read_push_with(Decoder::of_own_frames(lim), &bytes, &[usize::MAX]).unwrap();
+    assert_eq!(own, all_readers_agree(&bytes));
+    // a flipped checksum byte of the last record (end): the checking decoder
+    // refuses it, the trusting one does not
+    let mut bad = bytes.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    assert!(read_push(&bad, &[usize::MAX], lim).is_err());
+    assert!(read_push_with(Decoder::of_own_frames(lim), &bad, &[usize::MAX]).is_ok());
+    // a truncated stream is refused either way
+    let short = &bytes[..bytes.len() - 3];
+    assert!(read_push_with(Decoder::of_own_frames(lim), short, &[usize::MAX]).is_err());
 }
 
 #[test]

@@ -148,6 +148,126 @@ impl Value {
     }
 }
 
+/// The tagged JSON form of a [`Value`] as a [`serde::Serialize`]: serialized,
+/// it writes exactly what serializing [`Value::to_json`] writes, without
+/// building the `serde_json` tree first (one small map per value), so large
+/// device states print several times faster.
+#[derive(Debug, Clone, Copy)]
+pub struct TaggedJson<'a>(pub &'a Value);
+
+impl serde::Serialize for TaggedJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        fn one<S: serde::Serializer, T: serde::Serialize + ?Sized>(
+            s: S,
+            tag: &str,
+            v: &T,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry(tag, v)?;
+            m.end()
+        }
+        /// `[k, v]` of a map entry.
+        struct Pair<'a>(&'a Value, &'a Value);
+        impl serde::Serialize for Pair<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                let mut q = s.serialize_seq(Some(2))?;
+                q.serialize_element(&TaggedJson(self.0))?;
+                q.serialize_element(&TaggedJson(self.1))?;
+                q.end()
+            }
+        }
+        struct Items<'a>(&'a [Value]);
+        impl serde::Serialize for Items<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(TaggedJson))
+            }
+        }
+        struct Entries<'a>(&'a [(Value, Value)]);
+        impl serde::Serialize for Entries<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|(k, v)| Pair(k, v)))
+            }
+        }
+        /// Struct fields as `to_json`'s map holds them: a name given twice
+        /// keeps its first place and its last value.
+        struct Fields<'a>(&'a [(String, Value)]);
+        impl serde::Serialize for Fields<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                let f = self.0;
+                let mut seen = std::collections::HashSet::new();
+                let unique = f.iter().all(|(n, _)| seen.insert(n.as_str()));
+                let mut m = s.serialize_map(None)?;
+                if unique {
+                    for (name, v) in f {
+                        m.serialize_entry(name, &TaggedJson(v))?;
+                    }
+                } else {
+                    let mut last = std::collections::HashMap::new();
+                    for (name, v) in f {
+                        last.insert(name.as_str(), v);
+                    }
+                    let mut done = std::collections::HashSet::new();
+                    for (name, _) in f {
+                        if done.insert(name.as_str()) {
+                            if let Some(v) = last.get(name.as_str()) {
+                                m.serialize_entry(name, &TaggedJson(v))?;
+                            }
+                        }
+                    }
+                }
+                m.end()
+            }
+        }
+        struct Variant<'a>(&'a str, &'a Value);
+        impl serde::Serialize for Variant<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                one(s, self.0, &TaggedJson(self.1))
+            }
+        }
+        match self.0 {
+            Value::Bool(v) => one(s, "bool", v),
+            Value::U8(v) => one(s, "u8", v),
+            Value::U16(v) => one(s, "u16", v),
+            Value::U32(v) => one(s, "u32", v),
+            Value::U64(v) => one(s, "u64", v),
+            Value::I8(v) => one(s, "i8", v),
+            Value::I16(v) => one(s, "i16", v),
+            Value::I32(v) => one(s, "i32", v),
+            Value::I64(v) => one(s, "i64", v),
+            // `to_json` holds an f32 as the f64 it widens to
+            Value::F32(v) if v.is_finite() => one(s, "f32", &f64::from(*v)),
+            Value::F32(v) => one(s, "f32", &format!("{:#010x}", v.to_bits())),
+            Value::F64(v) if v.is_finite() => one(s, "f64", v),
+            Value::F64(v) => one(s, "f64", &format!("{:#018x}", v.to_bits())),
+            Value::Bytes(b) => one(s, "bytes", &hex(b)),
+            Value::String(v) => one(s, "string", v),
+            Value::Seq(items) => one(s, "seq", &Items(items)),
+            Value::Struct(fields) => one(s, "struct", &Fields(fields)),
+            Value::Option(None) => one(s, "none", &()),
+            Value::Option(Some(v)) => one(s, "some", &TaggedJson(v)),
+            Value::Enum(name, payload) => one(s, "enum", &Variant(name, payload)),
+            Value::Unit => one(s, "unit", &()),
+            Value::Map(entries) => one(s, "map", &Entries(entries)),
+        }
+    }
+}
+
 fn bad(expected: &str, found: &Json) -> Error {
     let mut text = found.to_string();
     if text.len() > 60 {
@@ -235,5 +355,39 @@ mod tests {
         assert_eq!(format!("{back:?}"), format!("{v:?}"));
         let e = Value::from_json(&json!({"struct": {"x": {"u8": 300}}})).unwrap_err();
         assert_eq!(e.location().field.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn tagged_json_writes_what_to_json_writes() {
+        let v = Value::Struct(vec![
+            ("a".into(), Value::U16(7)),
+            ("b".into(), Value::I64(-7)),
+            ("x".into(), Value::Bool(true)),
+            ("nan".into(), Value::F64(f64::NAN)),
+            ("inf".into(), Value::F32(f32::INFINITY)),
+            ("f".into(), Value::F32(0.1)),
+            ("g".into(), Value::F64(1e300)),
+            ("blob".into(), Value::Bytes(vec![0, 0xff, 0x10])),
+            ("s".into(), Value::String("q\"\n\u{1}é".into())),
+            // a name given twice: first place, last value
+            ("a".into(), Value::U8(9)),
+            (
+                "seq".into(),
+                Value::Seq(vec![Value::U32(1), Value::Option(None), Value::Unit]),
+            ),
+            ("empty".into(), Value::Seq(vec![])),
+            ("none".into(), Value::Struct(vec![])),
+            ("opt".into(), Value::Option(Some(Box::new(Value::I8(-1))))),
+            ("e".into(), Value::Enum("X".into(), Box::new(Value::Unit))),
+            (
+                "m".into(),
+                Value::Map(vec![(Value::String("k".into()), Value::U64(u64::MAX))]),
+            ),
+        ]);
+        let want = serde_json::to_string_pretty(&v.to_json()).unwrap();
+        let got = serde_json::to_string_pretty(&TaggedJson(&v)).unwrap();
+        assert_eq!(got, want);
+        let want = serde_json::to_string(&v.to_json()).unwrap();
+        assert_eq!(serde_json::to_string(&TaggedJson(&v)).unwrap(), want);
     }
 }

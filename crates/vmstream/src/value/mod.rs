@@ -11,7 +11,7 @@ mod codec;
 mod json;
 
 pub use codec::{decode, encode, NameTable};
-pub use json::{hex, unhex};
+pub use json::{hex, unhex, TaggedJson};
 
 /// Decodes one value that fills the rest of the cursor.
 pub(crate) fn codec_decode_rest(
