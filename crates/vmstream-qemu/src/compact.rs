@@ -1,16 +1,11 @@
 //! Folding a stream's RAM rounds into its final memory image.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use vmstream::{Error, ErrorKind, Result};
 
 use crate::event::{Event, QemuRamBlock, SectionKind, Sink};
-use crate::ram;
-
-const UNSENT: u8 = 0;
-const ZERO: u8 = 1;
-const DATA: u8 = 2;
+use crate::image::{ImageBlock, MemoryImage, PageState};
 
 /// Most bytes of image read back at once when the final image is emitted.
 const EMIT_RUN_BYTES: u64 = 1 << 20;
@@ -21,10 +16,11 @@ fn malformed(msg: impl Into<String>) -> Error {
 
 /// A [`Sink`] filter that drops superseded RAM rounds: every page record of
 /// the RAM section-start and section-parts is applied to a memory image (a
-/// sparse temporary file, so memory stays bounded), the parts are left out,
+/// sparse temporary file, so memory stays bounded: a [`MemoryImage`]), the parts are left out,
 /// and the RAM section-end carries the final image, one record per sent page
 /// (ZERO or PAGE). XBZRLE and compressed pages are decoded on the way, so the
 /// result has only plain pages. Everything else passes through unchanged.
+/// A `mapped-ram` stream, which has one slot per page, passes through whole.
 ///
 /// Every count and offset derived from the block list is checked arithmetic:
 /// a hostile list (sizes that add up past 2^64, more pages than
@@ -34,15 +30,14 @@ pub struct Compactor<S: Sink> {
     inner: S,
     page_size: u64,
     max_alloc: u64,
-    blocks: Vec<QemuRamBlock>,
-    /// Per block: the slot of its first page and its page count.
-    layout: Vec<(u64, u64)>,
-    state: Vec<u8>,
-    image: Option<File>,
+    /// Pages per block, in block order.
+    pages: Vec<u64>,
+    image: Option<MemoryImage>,
     ram_id: Option<u32>,
     current: Option<(SectionKind, bool)>,
-    last_block: Option<u32>,
     emitted: bool,
+    /// A mapped-ram stream: passed through as it is.
+    mapped_ram: bool,
     buf: Vec<u8>,
 }
 
@@ -53,14 +48,12 @@ impl<S: Sink> Compactor<S> {
             inner,
             page_size,
             max_alloc,
-            blocks: Vec::new(),
-            layout: Vec::new(),
-            state: Vec::new(),
+            pages: Vec::new(),
             image: None,
             ram_id: None,
             current: None,
-            last_block: None,
             emitted: false,
+            mapped_ram: false,
             buf: Vec::new(),
         }
     }
@@ -71,7 +64,8 @@ impl<S: Sink> Compactor<S> {
     }
 
     /// Sets up the image for a block list: one state byte per page (charged to
-    /// `max_alloc`) and a sparse file of the whole RAM.
+    /// `max_alloc`) and a sparse file of the whole RAM, each block after the
+    /// one before.
     fn layout(&mut self, blocks: &[QemuRamBlock]) -> Result<()> {
         if self.image.is_some() {
             return Err(Error::new(
@@ -79,17 +73,12 @@ impl<S: Sink> Compactor<S> {
                 "cannot compact a stream with a second RAM block list",
             ));
         }
-        if self.page_size == 0 || !self.page_size.is_power_of_two() {
-            return Err(Error::new(
-                ErrorKind::Usage,
-                format!("page size {} is not a power of two", self.page_size),
-            ));
-        }
-        let mut layout = Vec::with_capacity(blocks.len());
+        let mut image = MemoryImage::new(self.page_size, self.max_alloc)?;
+        let mut firsts = Vec::with_capacity(blocks.len());
         let mut total: u64 = 0;
         for b in blocks {
             let pages = b.size / self.page_size;
-            layout.push((total, pages));
+            firsts.push(total);
             total = total
                 .checked_add(pages)
                 .filter(|&t| t <= self.max_alloc)
@@ -109,96 +98,33 @@ impl<S: Sink> Compactor<S> {
                 format!("a memory image of {total} pages does not fit 64 bits"),
             )
         })?;
-        let len = usize::try_from(total).map_err(|_| {
-            Error::new(
-                ErrorKind::LimitExceeded,
-                format!("{total} pages of state do not fit this machine's memory"),
-            )
-        })?;
-        let file = tempfile::tempfile()?;
+        let file = Arc::new(tempfile::tempfile()?);
         file.set_len(bytes)?;
-        self.state = vec![UNSENT; len];
-        self.layout = layout;
-        self.image = Some(file);
-        self.blocks = blocks.to_vec();
+        let list = blocks
+            .iter()
+            .zip(&firsts)
+            .enumerate()
+            .map(|(i, (b, &first))| {
+                Ok(ImageBlock {
+                    id: u32::try_from(i).map_err(|_| malformed("too many RAM blocks"))?,
+                    name: b.name.clone(),
+                    size: b.size,
+                    // first * page_size <= bytes, which did not overflow
+                    file: Some((file.clone(), first * self.page_size)),
+                    keep: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        image.add_blocks(list)?;
+        self.pages = blocks.iter().map(|b| b.size / self.page_size).collect();
+        self.image = Some(image);
         Ok(())
     }
 
-    /// The state slot of page `index` of `block`.
-    fn slot(&self, block: u32, index: u64) -> Result<usize> {
-        let (b, &(first, pages)) = self
-            .blocks
-            .get(block as usize)
-            .zip(self.layout.get(block as usize))
-            .ok_or_else(|| malformed(format!("page of unknown RAM block {block}")))?;
-        if index >= pages {
-            return Err(malformed(format!(
-                "page {index} is beyond RAM block {:?} ({pages} pages)",
-                b.name
-            )));
-        }
-        // first + index < total, which fits the state vector's length
-        usize::try_from(first + index).map_err(|_| malformed("page slot out of range"))
-    }
-
-    /// Byte offset of a slot in the image file (below its length, so no overflow).
-    fn at(&self, slot: usize) -> u64 {
-        slot as u64 * self.page_size
-    }
-
-    fn image(&self) -> Result<&File> {
+    fn image(&mut self) -> Result<&mut MemoryImage> {
         self.image
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| malformed("RAM pages before the RAM block list"))
-    }
-
-    fn store(&mut self, block: u32, index: u64, data: Option<&[u8]>) -> Result<()> {
-        let slot = self.slot(block, index)?;
-        match data {
-            Some(d) => {
-                if d.len() as u64 != self.page_size {
-                    return Err(malformed(format!(
-                        "page of {} bytes; the page size is {}",
-                        d.len(),
-                        self.page_size
-                    )));
-                }
-                self.image()?.write_all_at(d, self.at(slot))?;
-                self.state[slot] = DATA;
-            }
-            None => self.state[slot] = ZERO,
-        }
-        Ok(())
-    }
-
-    fn update(&mut self, header: u64, name: Option<&[u8]>, payload: &[u8]) -> Result<()> {
-        let Some(update) = ram::page_update(header, payload, self.page_size)? else {
-            return Ok(());
-        };
-        let block = match name {
-            Some(n) => self
-                .blocks
-                .iter()
-                .position(|b| b.name.as_bytes() == n)
-                .and_then(|i| u32::try_from(i).ok()),
-            None => self.last_block,
-        }
-        .ok_or_else(|| malformed("encoded page of an unknown RAM block"))?;
-        self.last_block = Some(block);
-        let slot = self.slot(block, (header & !(self.page_size - 1)) / self.page_size)?;
-        let mut page = std::mem::take(&mut self.buf);
-        page.clear();
-        page.resize(self.page_size as usize, 0);
-        if self.state[slot] == DATA {
-            self.image()?.read_exact_at(&mut page, self.at(slot))?;
-        }
-        let r = ram::apply(update, &mut page).and_then(|()| {
-            self.image()?.write_all_at(&page, self.at(slot))?;
-            Ok(())
-        });
-        self.state[slot] = DATA;
-        self.buf = page;
-        r
     }
 
     fn emit_image(&mut self) -> Result<()> {
@@ -206,46 +132,38 @@ impl<S: Sink> Compactor<S> {
         let ps = self.page_size as usize;
         // pages read back at once: at least one, at most EMIT_RUN_BYTES worth
         let run = (EMIT_RUN_BYTES / self.page_size).max(1) as usize;
-        for bi in 0..self.blocks.len() {
-            let (first, pages) = self.layout[bi];
-            let first = first as usize;
-            // pages < state.len() - first, so it fits usize
-            let pages = pages as usize;
+        let Some(image) = self.image.as_mut() else {
+            return Ok(());
+        };
+        for (bi, &pages) in self.pages.iter().enumerate() {
             let block = u32::try_from(bi).map_err(|_| malformed("too many RAM blocks"))?;
-            let mut i = 0usize;
+            let mut i = 0u64;
             while i < pages {
-                let states = &self.state[first + i..first + pages];
                 // skip pages never sent in one sweep
-                let Some(skip) = states.iter().position(|&s| s != UNSENT) else {
+                let Some(next) = image.next_sent(block, i) else {
                     break;
                 };
-                i += skip;
-                if self.state[first + i] == ZERO {
+                i = next;
+                if image.state(block, i) == PageState::Zero {
                     self.inner.event(&Event::Page {
                         block,
-                        index: i as u64,
+                        index: i,
                         data: None,
                     })?;
                     i += 1;
                     continue;
                 }
-                let n = self.state[first + i..first + pages]
-                    .iter()
-                    .take(run)
-                    .take_while(|&&s| s == DATA)
-                    .count();
+                let n = image.data_run(block, i, run);
                 self.buf.resize(n * ps, 0);
-                let at = self.at(first + i);
-                let file = self.image.as_ref().ok_or_else(|| malformed("no image"))?;
-                file.read_exact_at(&mut self.buf[..n * ps], at)?;
+                image.read(block, i, &mut self.buf[..n * ps])?;
                 for k in 0..n {
                     self.inner.event(&Event::Page {
                         block,
-                        index: (i + k) as u64,
+                        index: i + k as u64,
                         data: Some(&self.buf[k * ps..(k + 1) * ps]),
                     })?;
                 }
-                i += n;
+                i += n as u64;
             }
         }
         Ok(())
@@ -254,6 +172,13 @@ impl<S: Sink> Compactor<S> {
 
 impl<S: Sink> Sink for Compactor<S> {
     fn event(&mut self, ev: &Event<'_>) -> Result<()> {
+        if let Event::Configuration { raw, .. } = ev {
+            self.mapped_ram = crate::mapped_ram::in_configuration(raw);
+        }
+        if self.mapped_ram {
+            // every page has one slot, written once: already compact
+            return self.inner.event(ev);
+        }
         match ev {
             Event::Section { kind, id, header } => {
                 let ram = match header {
@@ -270,20 +195,30 @@ impl<S: Sink> Sink for Compactor<S> {
                 }
                 Ok(())
             }
+            Event::Target { page_size, .. } => {
+                if self.image.is_some() {
+                    return Err(Error::new(
+                        ErrorKind::Usage,
+                        "the target page size changed after the RAM block list",
+                    ));
+                }
+                self.page_size = *page_size;
+                self.inner.event(ev)
+            }
             Event::RamBlocks { blocks, .. } => {
                 self.layout(blocks)?;
                 self.inner.event(ev)
             }
-            Event::Page { block, index, data } => {
-                self.last_block = Some(*block);
-                self.store(*block, *index, *data)
-            }
+            Event::Page { block, index, data } => self.image()?.page(*block, *index, *data),
             Event::Forget => Ok(()),
+            // the pages of multifd packets follow as page events and go into
+            // the image: the compacted stream is one plain stream
+            Event::MultifdInit { .. } | Event::MultifdPacket { .. } => Ok(()),
             Event::RamRecord {
                 header,
                 name,
                 payload,
-            } => self.update(*header, *name, payload),
+            } => self.image()?.update(*header, *name, payload),
             Event::SectionEnd { .. } => {
                 let cur = self.current.take();
                 match cur {

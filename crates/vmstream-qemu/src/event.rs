@@ -6,7 +6,9 @@
 //! [`Sink`]. Page data is borrowed from the producer's buffer, never copied
 //! into the event.
 
-use vmstream::{DeviceState, Result};
+use vmstream::{Arch, DeviceState, Result};
+
+use crate::mapped_ram::MappedRamHeader;
 
 /// The kind of a QEMU section record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,15 @@ pub enum Event<'a> {
         /// Machine type, e.g. `pc-q35-7.2`.
         machine: &'a str,
     },
+    /// What the stream says about its target before its first section: the
+    /// guest architecture (`Unknown` where nothing decides it yet) and the
+    /// target page size every page record and offset of the stream uses.
+    Target {
+        /// The architecture.
+        arch: Arch,
+        /// The target page size in bytes.
+        page_size: u64,
+    },
     /// A section begins.
     Section {
         /// START, PART, END or FULL.
@@ -113,6 +124,25 @@ pub enum Event<'a> {
         raw: &'a [u8],
         /// The parsed list; page events refer to blocks by index into it.
         blocks: &'a [QemuRamBlock],
+    },
+    /// A block of a `mapped-ram` stream ([`crate::mapped_ram`]): its entry in
+    /// the block list, its header and its bitmap. The list's MEM_SIZE header
+    /// came first as an [`Event::RamBlocks`] with no blocks; each block then
+    /// comes as one of these, followed by its present pages as
+    /// [`Event::Page`]s with data, in ascending order. The stream goes on
+    /// after the block's last page slot.
+    MappedBlock {
+        /// The block's index in the list (0, 1, ... in order).
+        index: u32,
+        /// The block.
+        block: &'a QemuRamBlock,
+        /// The block's entry in the list as on the wire: name, used length,
+        /// and the optional fields.
+        entry: &'a [u8],
+        /// The header after the entry.
+        header: &'a MappedRamHeader,
+        /// The bitmap of present pages, as on the wire.
+        bitmap: &'a [u8],
     },
     /// A ZERO (fill 0) or PAGE record. Its block name is on the wire unless the
     /// previous page record was of the same block (CONTINUE).
@@ -137,6 +167,13 @@ pub enum Event<'a> {
         /// Everything after the header and name.
         payload: &'a [u8],
     },
+    /// One unit of an iterative section other than RAM (`spapr/htab`,
+    /// `s390-storage_attributes`, `block`, `dirty-bitmap`), exactly as on the
+    /// wire: a header, a chunk, an end marker (see [`crate::iterative`]).
+    SectionData {
+        /// The bytes.
+        raw: &'a [u8],
+    },
     /// The state of the current FULL section's device. A [`vmstream::Value::Struct`]
     /// value was decoded through the vmdesc and is encoded back through it; a
     /// [`vmstream::Value::Bytes`] value is the section body as it came.
@@ -155,6 +192,26 @@ pub enum Event<'a> {
     },
     /// The EOF byte.
     Eof,
+    /// A multifd channel joins the migration: its `MultiFDInit` header.
+    MultifdInit {
+        /// The channel id (byte 24 of the header).
+        channel: u8,
+        /// The 64 header bytes as on the wire.
+        raw: &'a [u8],
+    },
+    /// A packet of multifd channel `channel`. One [`Event::Page`] per page
+    /// the packet lists follows it, its normal pages in packet order (their
+    /// data decompressed) and then its zero pages: they are the packet's
+    /// pages, not records of the main channel. A writer writes
+    /// `packet.header`, then the data of those pages if the packet is
+    /// [`plain`](crate::multifd::Packet::plain), else
+    /// [`kept_payload`](crate::multifd::Packet::kept_payload).
+    MultifdPacket {
+        /// The channel id.
+        channel: u8,
+        /// The packet.
+        packet: crate::multifd::Packet<'a>,
+    },
     /// The vmdesc JSON, the device description.
     Vmdesc {
         /// The JSON text exactly as QEMU wrote it.

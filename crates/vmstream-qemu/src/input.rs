@@ -1,6 +1,6 @@
 //! A refillable read buffer that knows stream offsets.
 
-use std::io::{ErrorKind as IoKind, Read};
+use std::io::{ErrorKind as IoKind, Read, Seek, SeekFrom};
 
 use vmstream::{Error, ErrorKind, Result};
 
@@ -16,6 +16,11 @@ pub(crate) struct Input<R> {
     /// Stream offset of `buf[0]`.
     base: u64,
     eof: bool,
+    /// For a seekable input: how to move it to an absolute position, where
+    /// the stream began, and the stream's length.
+    seek: Option<fn(&mut R, u64) -> std::io::Result<u64>>,
+    origin: u64,
+    len: Option<u64>,
 }
 
 impl<R: Read> Input<R> {
@@ -27,7 +32,100 @@ impl<R: Read> Input<R> {
             end: 0,
             base: 0,
             eof: false,
+            seek: None,
+            origin: 0,
+            len: None,
         }
+    }
+
+    /// Input from a seekable `inner`, whose stream starts at its current
+    /// position: forward skips seek instead of reading, and are checked
+    /// against the length.
+    pub(crate) fn seekable(mut inner: R) -> std::io::Result<Input<R>>
+    where
+        R: Seek,
+    {
+        let origin = inner.stream_position()?;
+        let end = inner.seek(SeekFrom::End(0))?;
+        inner.seek(SeekFrom::Start(origin))?;
+        let mut input = Input::new(inner);
+        input.seek = Some(|r, pos| r.seek(SeekFrom::Start(pos)));
+        input.origin = origin;
+        input.len = Some(end.saturating_sub(origin));
+        Ok(input)
+    }
+
+    /// The inner reader (before anything was read).
+    pub(crate) fn into_inner(self) -> R {
+        self.inner
+    }
+
+    /// The stream's length, when the input is seekable.
+    pub(crate) fn len(&self) -> Option<u64> {
+        self.len
+    }
+
+    /// Moves forward to stream offset `target` (at or after [`Input::offset`]):
+    /// over buffered bytes, then by seeking where the input can, else by
+    /// reading and dropping what lies between. `what` names the target for
+    /// errors.
+    pub(crate) fn skip_to(&mut self, target: u64, what: &str) -> Result<()> {
+        let at = self.offset();
+        if target < at {
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                format!("{what} at {target:#x} lies before the read position"),
+            )
+            .at_offset(at));
+        }
+        let avail = (self.end - self.pos) as u64;
+        if target - at <= avail {
+            self.pos += (target - at) as usize;
+            return Ok(());
+        }
+        if let Some(len) = self.len {
+            if target > len {
+                return Err(Error::new(
+                    ErrorKind::Malformed,
+                    format!(
+                        "truncated stream: {what} at {target:#x} lies past its end at {len:#x}"
+                    ),
+                )
+                .at_offset(at));
+            }
+        }
+        // drop the buffer: the inner reader stands at `base + end`
+        self.base += self.end as u64;
+        self.pos = 0;
+        self.end = 0;
+        if let Some(seek) = self.seek {
+            let pos = self.origin.saturating_add(target);
+            seek(&mut self.inner, pos).map_err(|e| Error::from(e).at_offset(at))?;
+            self.base = target;
+            return Ok(());
+        }
+        while self.base < target {
+            let k = usize::try_from(target - self.base)
+                .unwrap_or(usize::MAX)
+                .min(self.buf.len());
+            match self.inner.read(&mut self.buf[..k]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Err(Error::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "truncated stream: it ends at {:#x}, before {what} at {target:#x}",
+                            self.base
+                        ),
+                    )
+                    .at_offset(at));
+                }
+                Ok(n) => self.base += n as u64,
+                Err(e) if e.kind() == IoKind::Interrupted => {}
+                Err(e) => return Err(Error::from(e).at_offset(self.base)),
+            }
+        }
+        Ok(())
     }
 
     /// Stream offset of the next unread byte.
@@ -129,12 +227,28 @@ impl<R: Read> Input<R> {
         Ok((self.fill(1)? > 0).then(|| self.buf[self.pos]))
     }
 
-    /// Reads everything up to EOF into the buffer, failing beyond `limit` bytes.
-    pub(crate) fn buffer_rest(&mut self, limit: u64) -> Result<()> {
+    /// Reads everything up to EOF into the buffer, or until `done` says the
+    /// bytes buffered after the position are the whole rest of the stream (it
+    /// is asked after every read; nothing is read after it says so), failing
+    /// beyond `limit` bytes.
+    pub(crate) fn buffer_rest(
+        &mut self,
+        limit: u64,
+        mut done: impl FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
         let cap = usize::try_from(limit)
             .unwrap_or(usize::MAX)
             .saturating_add(1);
-        let got = self.fill(cap)?;
+        let mut got = self.end - self.pos;
+        while !self.eof && got < cap {
+            if done(self.avail()) {
+                // The stream ends here, whether or not the sender closes.
+                self.eof = true;
+                break;
+            }
+            // One read at a time, so `done` sees every step.
+            got = self.fill(got + 1)?;
+        }
         if got as u64 > limit {
             return Err(Error::new(
                 ErrorKind::LimitExceeded,

@@ -28,45 +28,36 @@
 
 #![forbid(unsafe_code)]
 
+mod arch;
+mod channel_set;
 mod compact;
 mod event;
+pub mod image;
 mod input;
+pub mod iterative;
+pub mod mapped_ram;
 pub mod mapping;
+pub mod multifd;
 pub mod ram;
 mod reader;
 pub mod vmdesc;
+mod wire;
 mod writer;
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 
-use vmstream::{Error, ErrorKind, Limits, Result, WriterOptions};
+use vmstream::{Arch, Limits, Result, WriterOptions};
 
+pub use arch::default_page_size;
+pub use channel_set::{ChannelMerger, ChannelSummary, MultifdSigns};
 pub use compact::Compactor;
 pub use event::{Event, QemuRamBlock, SectionHeader, SectionKind, Sink};
+pub use image::{ImageBlock, MemoryImage, PageState};
 pub use mapping::{VmstreamSink, VmstreamSource};
 pub use reader::{QemuReader, Summary};
-pub use writer::QemuWriter;
-
-/// The stream magic, `QEVM`.
-pub const MAGIC: [u8; 4] = *b"QEVM";
-/// The only stream version read and written.
-pub const VERSION: u32 = 3;
-
-/// Command names by number (`""` for numbers QEMU does not define).
-pub const COMMAND_NAMES: [&str; 12] = [
-    "INVALID",
-    "OPEN_RETURN_PATH",
-    "PING",
-    "POSTCOPY_ADVISE",
-    "POSTCOPY_LISTEN",
-    "POSTCOPY_RUN",
-    "POSTCOPY_RAM_DISCARD",
-    "PACKAGED",
-    "ENABLE_COLO",
-    "POSTCOPY_RESUME",
-    "RECV_BITMAP",
-    "SWITCHOVER_START",
-];
+pub use vmdesc::{read_trailer, vmdesc_from};
+pub use wire::{COMMAND_NAMES, MAGIC, VERSION};
+pub use writer::{OpenChannel, QemuWriter};
 
 /// Options of the conversion functions.
 #[derive(Debug, Clone, Default)]
@@ -81,13 +72,41 @@ pub struct ConvertOptions {
     /// trailer read ahead (from a seekable file); otherwise it is used only when
     /// the input has none (a twin stream's).
     pub vmdesc: Option<(Vec<u8>, bool)>,
+    /// The QEMU input is a live migration's connection: it ends with its
+    /// vmdesc trailer, without waiting for the sender to close
+    /// ([`QemuReader::live`]).
+    pub live: bool,
+    /// The guest architecture, where the stream does not say it
+    /// ([`QemuReader::with_arch`]).
+    pub arch: Option<Arch>,
 }
 
 fn qemu_reader<R: Read>(input: R, opts: &ConvertOptions) -> QemuReader<R> {
-    let r = QemuReader::new(input, opts.limits);
-    match &opts.vmdesc {
-        Some((json, own)) => r.with_vmdesc(json.clone(), *own),
-        None => r,
+    let mut r = QemuReader::new(input, opts.limits);
+    if opts.live {
+        r = r.live();
+    }
+    if let Some((json, own)) = &opts.vmdesc {
+        r = r.with_vmdesc(json.clone(), *own);
+    }
+    if let Some(arch) = opts.arch {
+        r = r.with_arch(arch);
+    }
+    r
+}
+
+/// Runs `run` into `sink`, through a [`Compactor`] if `opts.compact`.
+fn compacting<T>(
+    sink: &mut dyn Sink,
+    page_size: u64,
+    opts: &ConvertOptions,
+    run: impl FnOnce(&mut dyn Sink) -> Result<T>,
+) -> Result<T> {
+    if opts.compact {
+        let mut c = Compactor::new(sink, page_size, opts.limits.max_alloc);
+        run(&mut c)
+    } else {
+        run(sink)
     }
 }
 
@@ -96,11 +115,143 @@ fn qemu_reader<R: Read>(input: R, opts: &ConvertOptions) -> QemuReader<R> {
 /// RAM to files or print device state, without a conversion in between.
 pub fn read_qemu<R: Read>(input: R, sink: &mut dyn Sink, opts: &ConvertOptions) -> Result<Summary> {
     let reader = qemu_reader(input, opts);
-    if opts.compact {
-        let mut c = Compactor::new(sink, 4096, opts.limits.max_alloc);
-        reader.run(&mut c)
+    // The page size comes with the reader's first event (Event::Target).
+    compacting(sink, 4096, opts, |s| reader.run(s))
+}
+
+/// Like [`read_qemu`], from a seekable input (a file): the holes of a
+/// `mapped-ram` stream are seeked over instead of read, and its offsets are
+/// checked against the file's length.
+pub fn read_qemu_seekable<R: Read + Seek>(
+    input: R,
+    sink: &mut dyn Sink,
+    opts: &ConvertOptions,
+) -> Result<Summary> {
+    let mut reader = QemuReader::seekable(input, opts.limits)?;
+    if let Some((json, own)) = &opts.vmdesc {
+        reader = reader.with_vmdesc(json.clone(), *own);
+    }
+    if let Some(arch) = opts.arch {
+        reader = reader.with_arch(arch);
+    }
+    // The page size comes with the reader's first event (Event::Target).
+    compacting(sink, 4096, opts, |s| reader.run(s))
+}
+
+/// Reads a multifd channel set — the main channel and its multifd channels,
+/// in any order — as one migration into any [`Sink`] (through a
+/// [`Compactor`] if `opts.compact`): the main channel's events with each
+/// channel's packets and their pages put in at the sync points
+/// ([`ChannelMerger`]).
+pub fn read_channel_set<R: Read, C: Read>(
+    main: R,
+    channels: Vec<C>,
+    sink: &mut dyn Sink,
+    opts: &ConvertOptions,
+) -> Result<(Summary, Vec<ChannelSummary>)> {
+    let reader = qemu_reader(main, opts);
+    let mut compactor;
+    let inner: &mut dyn Sink = if opts.compact {
+        compactor = Compactor::new(sink, 4096, opts.limits.max_alloc);
+        &mut compactor
     } else {
-        reader.run(sink)
+        sink
+    };
+    let mut merger = ChannelMerger::new(channels, inner, opts.limits)?;
+    let summary = reader.run(&mut merger)?;
+    Ok((summary, merger.summaries()))
+}
+
+/// Converts a multifd channel set to one vmstream stream.
+pub fn channel_set_to_vmstream<R: Read, C: Read, W: Write>(
+    main: R,
+    channels: Vec<C>,
+    out: W,
+    opts: &ConvertOptions,
+) -> Result<(W, Summary, Vec<ChannelSummary>)> {
+    let mut sink = VmstreamSink::new(out, opts.writer);
+    let (summary, chans) = read_channel_set(main, channels, &mut sink, opts)?;
+    Ok((sink.finish()?, summary, chans))
+}
+
+/// Converts a vmstream stream converted from QEMU back to QEMU's streams:
+/// the main channel to `out` and, for a channel set, multifd channel K to
+/// `open(K)` (streams without channels never call it). Returns the main
+/// output and the channel ids written.
+pub fn vmstream_to_qemu_channels<R: Read, W: Write>(
+    input: R,
+    out: W,
+    open: OpenChannel,
+    opts: &ConvertOptions,
+) -> Result<(W, Vec<u8>)> {
+    let source = VmstreamSource::new(input, opts.limits)?;
+    let ps = source.page_size();
+    let mut sink = QemuWriter::new(out, ps).with_channels(open);
+    compacting(&mut sink, ps, opts, |s| source.run(s))?;
+    let ids = sink.channels();
+    Ok((sink.finish()?, ids))
+}
+
+/// The architecture of the QEMU stream in a seekable `file`, read from its
+/// start, for the streams whose configuration and description leave it open
+/// (an Arm `virt` machine whose vCPU has no AArch64-only state): the stream is
+/// read up to its vCPU section, whose register list decides. `None` when that
+/// does not decide either. The file is left at its start.
+pub fn detect_arch<F: Read + std::io::Seek>(
+    file: &mut F,
+    opts: &ConvertOptions,
+) -> Result<Option<Arch>> {
+    struct Probe {
+        cands: &'static [Arch],
+        early: Option<Arch>,
+        found: Option<Arch>,
+    }
+    impl Sink for Probe {
+        fn event(&mut self, ev: &Event<'_>) -> Result<()> {
+            let stop = || {
+                Err(vmstream::Error::new(
+                    vmstream::ErrorKind::Usage,
+                    "probe done",
+                ))
+            };
+            match ev {
+                Event::Configuration { machine, .. } => self.cands = arch::candidates(machine),
+                Event::Target { arch, .. } if *arch != Arch::Unknown => {
+                    self.early = Some(*arch);
+                    return stop();
+                }
+                Event::Target { .. }
+                    if !(self.cands.contains(&Arch::Aarch64)
+                        && self.cands.contains(&Arch::Arm)) =>
+                {
+                    return stop();
+                }
+                Event::Device(d) if d.name == "cpu" => {
+                    self.found = arch::from_cpu(self.cands, &d.value);
+                    return stop();
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut probe = Probe {
+        cands: &[],
+        early: None,
+        found: None,
+    };
+    let opts = ConvertOptions {
+        compact: false,
+        ..opts.clone()
+    };
+    let r = read_qemu(std::io::BufReader::new(&mut *file), &mut probe, &opts);
+    file.seek(std::io::SeekFrom::Start(0))?;
+    match r {
+        Ok(s) => Ok(s.arch),
+        Err(_) if probe.early.is_some() || probe.found.is_some() => Ok(probe.early.or(probe.found)),
+        Err(e) if e.kind() == vmstream::ErrorKind::Usage => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -121,22 +272,41 @@ pub fn qemu_to_qemu<R: Read, W: Write>(
     out: W,
     opts: &ConvertOptions,
 ) -> Result<(W, Summary)> {
+    // The page size comes with the reader's first event (Event::Target).
     let mut sink = QemuWriter::new(out, 4096);
     let summary = read_qemu(input, &mut sink, opts)?;
     Ok((sink.finish()?, summary))
 }
 
-/// Converts a vmstream stream that was converted from QEMU back to the QEMU stream.
+/// Converts a vmstream stream that was converted from QEMU back to the QEMU
+/// stream. The holes of a `mapped-ram` stream are written as zeros; see
+/// [`vmstream_to_qemu_seekable`] for a sparse file.
 pub fn vmstream_to_qemu<R: Read, W: Write>(input: R, out: W, opts: &ConvertOptions) -> Result<W> {
     let source = VmstreamSource::new(input, opts.limits)?;
     let ps = source.page_size();
-    let mut sink = QemuWriter::new(out, ps);
-    if opts.compact {
-        let mut c = Compactor::new(&mut sink, ps, opts.limits.max_alloc);
-        source.run(&mut c)?;
-    } else {
-        source.run(&mut sink)?;
-    }
+    to_qemu(source, QemuWriter::new(out, ps), opts)
+}
+
+/// Like [`vmstream_to_qemu`], into a seekable output (a file, starting at its
+/// current position): the holes of a `mapped-ram` stream (absent pages,
+/// padding) are seeked over, so the file is as sparse as QEMU's.
+pub fn vmstream_to_qemu_seekable<R: Read, W: Write + Seek>(
+    input: R,
+    out: W,
+    opts: &ConvertOptions,
+) -> Result<W> {
+    let source = VmstreamSource::new(input, opts.limits)?;
+    let ps = source.page_size();
+    to_qemu(source, QemuWriter::seekable(out, ps), opts)
+}
+
+fn to_qemu<R: Read, W: Write>(
+    source: VmstreamSource<R>,
+    mut sink: QemuWriter<W>,
+    opts: &ConvertOptions,
+) -> Result<W> {
+    let ps = source.page_size();
+    compacting(&mut sink, ps, opts, |s| source.run(s))?;
     sink.finish()
 }
 
@@ -149,43 +319,6 @@ pub fn vmstream_to_vmstream<R: Read, W: Write>(
     let source = VmstreamSource::new(input, opts.limits)?;
     let ps = source.page_size();
     let mut sink = VmstreamSink::new(out, opts.writer).with_page_size(ps as u32);
-    if opts.compact {
-        let mut c = Compactor::new(&mut sink, ps, opts.limits.max_alloc);
-        source.run(&mut c)?;
-    } else {
-        source.run(&mut sink)?;
-    }
+    compacting(&mut sink, ps, opts, |s| source.run(s))?;
     sink.finish()
-}
-
-/// The vmdesc JSON of `data`: either a QEMU stream with a trailer, or the JSON itself.
-pub fn vmdesc_from(data: &[u8]) -> Result<Vec<u8>> {
-    if data.starts_with(&MAGIC) {
-        let p = vmdesc::find_trailer(data).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                "the twin stream has no vmdesc trailer either",
-            )
-        })?;
-        Ok(data[p + 5..].to_vec())
-    } else if data.first() == Some(&b'{') {
-        Ok(data.to_vec())
-    } else {
-        Err(Error::new(
-            ErrorKind::Usage,
-            "a device description must be a QEMU stream with a vmdesc trailer, or its JSON",
-        ))
-    }
-}
-
-/// Reads the vmdesc trailer from the end of a seekable QEMU stream, if it has one.
-pub fn read_trailer<F: Read + std::io::Seek>(file: &mut F) -> Result<Option<Vec<u8>>> {
-    use std::io::SeekFrom;
-    let len = file.seek(SeekFrom::End(0))?;
-    let tail = len.min(16 << 20);
-    file.seek(SeekFrom::Start(len - tail))?;
-    let mut buf = Vec::with_capacity(tail as usize);
-    file.by_ref().take(tail).read_to_end(&mut buf)?;
-    file.seek(SeekFrom::Start(0))?;
-    Ok(vmdesc::find_trailer(&buf).map(|p| buf[p + 5..].to_vec()))
 }

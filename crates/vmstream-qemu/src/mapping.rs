@@ -15,6 +15,7 @@ use vmstream::{
 };
 
 use crate::event::{Event, QemuRamBlock, SectionHeader, SectionKind, Sink};
+use crate::mapped_ram::{MappedRamHeader, HEADER_LEN};
 use crate::ram::FLAG_MEM_SIZE;
 
 /// Record kinds of the QEMU range, all optional.
@@ -36,6 +37,14 @@ pub mod kinds {
     pub const EOF: RecordKind = RecordKind(0x0106);
     /// The vmdesc JSON.
     pub const VMDESC: RecordKind = RecordKind(0x0107);
+    /// A mapped-ram block: its block list entry, header and bitmap.
+    pub const MAPPED_RAM: RecordKind = RecordKind(0x0108);
+    /// A multifd channel's init header.
+    pub const MULTIFD_INIT: RecordKind = RecordKind(0x0109);
+    /// A multifd packet's header and kept payload.
+    pub const MULTIFD_PACKET: RecordKind = RecordKind(0x010a);
+    /// A unit of an iterative section other than RAM, as on the wire.
+    pub const SECTION_DATA: RecordKind = RecordKind(0x010b);
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -49,6 +58,7 @@ pub struct VmstreamSink<W: Write> {
     out: Option<W>,
     options: WriterOptions,
     page_size: u32,
+    arch: Arch,
     writer: Option<StreamWriter<W>>,
     version: u32,
     config: Option<(Vec<u8>, String)>,
@@ -65,6 +75,7 @@ impl<W: Write> VmstreamSink<W> {
             out: Some(out),
             options: options.with_zero_pages(false),
             page_size: 4096,
+            arch: Arch::Unknown,
             writer: None,
             version: 3,
             config: None,
@@ -88,8 +99,7 @@ impl<W: Write> VmstreamSink<W> {
                 .out
                 .take()
                 .ok_or_else(|| Error::new(ErrorKind::Usage, "sink used after finish"))?;
-            let mut header =
-                Header::new(StreamKind::ConvertedFromQemu, Arch::X86_64, self.page_size);
+            let mut header = Header::new(StreamKind::ConvertedFromQemu, self.arch, self.page_size);
             header.optional_features |= FEATURE_QEMU_FRAMING;
             let mut w = StreamWriter::new(out, header, self.options)?;
             let mut info = vec![
@@ -156,6 +166,28 @@ impl<W: Write> Sink for VmstreamSink<W> {
                 }
                 self.config = Some((raw.to_vec(), (*machine).to_owned()));
             }
+            Event::Target { arch, page_size } => {
+                if self.writer.is_some() {
+                    return Err(Error::new(
+                        ErrorKind::Usage,
+                        "the target came after the stream's first section",
+                    ));
+                }
+                self.arch = *arch;
+                self.page_size = u32::try_from(*page_size)
+                    .ok()
+                    .filter(|s| QEMU_PAGE_SIZES.contains(s))
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Malformed,
+                            format!("target page size {page_size} (QEMU's target pages are {} to {} bytes)", QEMU_PAGE_SIZES.start(), QEMU_PAGE_SIZES.end()),
+                        )
+                    })?;
+            }
+            Event::SectionData { raw } => {
+                self.body.extend_from_slice(raw);
+                self.raw(kinds::SECTION_DATA)?;
+            }
             Event::Section { kind, id, header } => {
                 self.body.push(kind.code());
                 self.body.extend_from_slice(&id.to_le_bytes());
@@ -173,7 +205,10 @@ impl<W: Write> Sink for VmstreamSink<W> {
             Event::RamBlocks { raw, blocks } => {
                 let ps = self.page_size;
                 let list = vmstream_blocks(blocks, ps);
-                self.writer()?.write_ram_blocks(&list)?;
+                // a mapped-ram list has its blocks one by one (MappedBlock)
+                if !list.is_empty() {
+                    self.writer()?.write_ram_blocks(&list)?;
+                }
                 let (header, list) = raw.split_at(8.min(raw.len()));
                 self.body.extend_from_slice(header);
                 self.body.push(0);
@@ -187,6 +222,27 @@ impl<W: Write> Sink for VmstreamSink<W> {
                     Some(d) => w.write_page(*block, epoch, *index, d)?,
                     None => w.write_zero_page(*block, epoch, *index)?,
                 }
+            }
+            Event::MappedBlock {
+                index,
+                block,
+                entry,
+                header,
+                bitmap,
+            } => {
+                let ps = self.page_size;
+                let b = RamBlock {
+                    id: *index,
+                    name: block.name.clone(),
+                    size: block.size,
+                    page_size: ps,
+                    flags: 0,
+                };
+                self.writer()?.write_ram_blocks(&[b])?;
+                put_bytes(&mut self.body, entry);
+                self.body.extend_from_slice(&header.to_bytes());
+                self.body.extend_from_slice(bitmap);
+                self.raw(kinds::MAPPED_RAM)?;
             }
             Event::Forget => self.raw(kinds::FORGET)?,
             Event::RamRecord {
@@ -222,13 +278,24 @@ impl<W: Write> Sink for VmstreamSink<W> {
                 self.body.extend_from_slice(json);
                 self.raw(kinds::VMDESC)?;
             }
+            Event::MultifdInit { channel, raw } => {
+                self.body.push(*channel);
+                self.body.extend_from_slice(raw);
+                self.raw(kinds::MULTIFD_INIT)?;
+            }
+            Event::MultifdPacket { channel, packet } => {
+                self.body.push(*channel);
+                put_bytes(&mut self.body, packet.header);
+                self.body.extend_from_slice(packet.kept_payload());
+                self.raw(kinds::MULTIFD_PACKET)?;
+            }
         }
         Ok(())
     }
 }
 
 /// The target page bits from a raw configuration body, if it has them.
-fn page_bits(raw: &[u8]) -> Option<u32> {
+pub(crate) fn page_bits(raw: &[u8]) -> Option<u32> {
     let pat = b"\x05\x1econfiguration/target-page-bits";
     let p = raw.windows(pat.len()).position(|w| w == pat)? + pat.len() + 4;
     raw.get(p..p + 4)
@@ -363,9 +430,14 @@ impl<R: Read> VmstreamSource<R> {
         // How many blocks the QEMU block list handed to the sink has: pages
         // may only refer to those.
         let mut announced: Option<usize> = None;
+        // mapped-ram blocks handed to the sink
+        let mut mapped = 0usize;
         let mut started = false;
         let mut eof = false;
+        // where the next packet of each multifd channel starts, for messages
+        let mut channel_at: std::collections::HashMap<u8, u64> = std::collections::HashMap::new();
         let page_size = self.page_size();
+        let arch = self.reader.header().arch;
         while let Some(item) = self.reader.next()? {
             let (at, index, kind) = (item.offset, item.index, item.kind);
             // The QEMU stream record comes once, before every record that
@@ -440,6 +512,7 @@ impl<R: Read> VmstreamSource<R> {
                                     sink.event(&Event::Configuration { raw: cfg, machine })?;
                                 }
                                 b.done("stream record")?;
+                                sink.event(&Event::Target { arch, page_size })?;
                                 started = true;
                             }
                             kinds::SECTION => {
@@ -518,10 +591,68 @@ impl<R: Read> VmstreamSource<R> {
                                     })?;
                                 }
                             }
+                            kinds::MAPPED_RAM => {
+                                let entry = b.bytes("block list entry")?;
+                                let hb = b.take(HEADER_LEN, "mapped-ram header")?;
+                                let header = MappedRamHeader::parse(hb).ok_or_else(|| {
+                                    Error::new(ErrorKind::Malformed, "mapped-ram header")
+                                })?;
+                                let k = mapped;
+                                let block = mapped_entry(entry, blocks.get(k))?;
+                                if blocks.len() != k + 1 {
+                                    return Err(Error::new(
+                                        ErrorKind::Malformed,
+                                        format!(
+                                            "mapped-ram block {k} ({:?}) does not follow the ram-blocks record that defines it ({} blocks defined)",
+                                            block.name,
+                                            blocks.len()
+                                        ),
+                                    ));
+                                }
+                                sink.event(&Event::MappedBlock {
+                                    index: k as u32,
+                                    block: &block,
+                                    entry,
+                                    header: &header,
+                                    bitmap: b.b,
+                                })?;
+                                mapped += 1;
+                                announced = Some(mapped);
+                            }
+                            kinds::SECTION_DATA => sink.event(&Event::SectionData { raw: b.b })?,
                             kinds::FORGET => sink.event(&Event::Forget)?,
                             kinds::EOF => {
                                 eof = true;
                                 sink.event(&Event::Eof)?
+                            }
+                            kinds::MULTIFD_INIT => {
+                                let channel = b.take(1, "channel id")?[0];
+                                let raw = b.take(crate::multifd::INIT_LEN, "init header")?;
+                                b.done("multifd init record")?;
+                                if raw[24] != channel {
+                                    return Err(Error::new(
+                                        ErrorKind::Malformed,
+                                        format!("multifd init record of channel {channel} holds the header of channel {}", raw[24]),
+                                    ));
+                                }
+                                sink.event(&Event::MultifdInit { channel, raw })?;
+                            }
+                            kinds::MULTIFD_PACKET => {
+                                let channel = b.take(1, "channel id")?[0];
+                                let header = b.bytes("packet header")?;
+                                let at = channel_at
+                                    .entry(channel)
+                                    .or_insert(crate::multifd::INIT_LEN as u64);
+                                let packet = crate::multifd::Packet::from_parts(
+                                    header, b.b, page_size, channel, *at,
+                                )?;
+                                let payload = if packet.plain() {
+                                    u64::from(packet.normal) * page_size
+                                } else {
+                                    b.b.len() as u64
+                                };
+                                *at += header.len() as u64 + payload;
+                                sink.event(&Event::MultifdPacket { channel, packet })?;
                             }
                             kinds::VMDESC => {
                                 let in_stream = b.take(1, "vmdesc flag")?[0] != 0;
@@ -557,6 +688,48 @@ impl<R: Read> VmstreamSource<R> {
             .in_record(state.records().saturating_sub(1), RecordKind::END.name()));
         }
         Ok(())
+    }
+}
+
+/// The block of a mapped-ram record's list entry (name length, name, used
+/// length, and an 8-byte address with `x-ignore-shared`), which must be the
+/// block `defined` by the `ram-blocks` record before it.
+fn mapped_entry(entry: &[u8], defined: Option<&QemuRamBlock>) -> Result<QemuRamBlock> {
+    let bad = |what: &str| {
+        Error::new(
+            ErrorKind::Malformed,
+            format!("mapped-ram block list entry: {what}"),
+        )
+    };
+    let n = usize::from(*entry.first().ok_or_else(|| bad("empty"))?);
+    let name = entry
+        .get(1..1 + n)
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .ok_or_else(|| bad("name"))?;
+    let size = entry
+        .get(1 + n..9 + n)
+        .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
+        .ok_or_else(|| bad("used length"))?;
+    let addr = match &entry[9 + n..] {
+        [] => None,
+        b if b.len() == 8 => Some(u64::from_be_bytes(b.try_into().unwrap_or_default())),
+        b => {
+            return Err(bad(&format!(
+                "{} bytes after the used length (0 or 8)",
+                b.len()
+            )))
+        }
+    };
+    match defined {
+        Some(d) if d.name == name && d.size == size => Ok(QemuRamBlock {
+            name: name.to_owned(),
+            size,
+            page_size: None,
+            addr,
+        }),
+        _ => Err(bad(&format!(
+            "block {name:?} of {size:#x} bytes is not the block the ram-blocks record before it defines"
+        ))),
     }
 }
 

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::{Read, Seek};
 use std::mem::size_of;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -169,11 +170,82 @@ impl Obj {
 pub fn find_trailer(data: &[u8]) -> Option<usize> {
     let end = data.len();
     (0..end.saturating_sub(6)).rev().find(|&p| {
-        data[p] == 0x06
+        data[p] == crate::wire::VMDESC
             && data[p + 5] == b'{'
             && u32::from_be_bytes([data[p + 1], data[p + 2], data[p + 3], data[p + 4]]) as usize
                 == end - p - 5
     })
+}
+
+/// The vmdesc JSON of `data`: either a QEMU stream with a trailer, or the JSON itself.
+pub fn vmdesc_from(data: &[u8]) -> Result<Vec<u8>> {
+    if data.starts_with(&crate::MAGIC) {
+        let p = find_trailer(data).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                "the twin stream has no vmdesc trailer either",
+            )
+        })?;
+        Ok(data[p + 5..].to_vec())
+    } else if data.first() == Some(&b'{') {
+        Ok(data.to_vec())
+    } else {
+        Err(Error::new(
+            ErrorKind::Usage,
+            "a device description must be a QEMU stream with a vmdesc trailer, or its JSON",
+        ))
+    }
+}
+
+/// Reads the vmdesc trailer from the end of a seekable QEMU stream, if it has one.
+pub fn read_trailer<F: Read + Seek>(file: &mut F) -> Result<Option<Vec<u8>>> {
+    use std::io::SeekFrom;
+    let len = file.seek(SeekFrom::End(0))?;
+    let tail = len.min(16 << 20);
+    file.seek(SeekFrom::Start(len - tail))?;
+    let mut buf = Vec::with_capacity(tail as usize);
+    file.by_ref().take(tail).read_to_end(&mut buf)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(find_trailer(&buf).map(|p| buf[p + 5..].to_vec()))
+}
+
+/// Watches a buffer that grows at its end for the moment it ends with a
+/// complete vmdesc trailer (`0x06`, a `u32` length, then that many bytes of
+/// JSON text starting with `{`), looking at each byte once: every place that
+/// could start a trailer gives the offset where it would end, and the buffer
+/// is complete when it ends at one of them. At most [`TrailerWatch::MAX`]
+/// such ends are kept; a hostile stream that makes more only loses the early
+/// stop (the reader then reads to the end of its input, as it would anyway).
+#[derive(Debug, Default)]
+pub(crate) struct TrailerWatch {
+    seen: usize,
+    ends: std::collections::BinaryHeap<std::cmp::Reverse<usize>>,
+}
+
+impl TrailerWatch {
+    const MAX: usize = 4096;
+
+    /// Whether `data` (the buffer so far, `data[..]` unchanged since the last
+    /// call) ends exactly with a trailer.
+    pub(crate) fn complete(&mut self, data: &[u8]) -> bool {
+        use std::cmp::Reverse;
+        for p in self.seen.saturating_sub(5)..data.len().saturating_sub(5) {
+            if data[p] == crate::wire::VMDESC && data[p + 5] == b'{' {
+                let len = u32::from_be_bytes([data[p + 1], data[p + 2], data[p + 3], data[p + 4]]);
+                let end = p + 5 + len as usize;
+                if end >= data.len() && self.ends.len() < Self::MAX {
+                    self.ends.push(Reverse(end));
+                }
+            }
+        }
+        self.seen = data.len();
+        while self.ends.peek().is_some_and(|Reverse(e)| *e < data.len()) {
+            self.ends.pop();
+        }
+        // QEMU's JSON text ends with its closing brace: a candidate that
+        // happens to end at a read boundary elsewhere is 256 times rarer.
+        self.ends.peek() == Some(&Reverse(data.len())) && data.last() == Some(&b'}')
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -271,3 +271,37 @@ fn converted_streams_that_are_not_from_qemu_are_refused() {
     let e = vmstream_to_qemu(&vms[..], Vec::new(), &opts()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
 }
+
+/// A live migration's socket: the bytes in chunks of `n`, then a read that
+/// never returns (here: fails loudly), as when a source QEMU with a return
+/// path keeps its connection open until the destination answers.
+struct OpenSocket<'a>(Trickle<'a>);
+
+impl Read for OpenSocket<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.0.read(buf)? {
+            0 => Err(std::io::Error::other("read past the end of a live stream")),
+            n => Ok(n),
+        }
+    }
+}
+
+#[test]
+fn a_live_stream_ends_at_its_trailer_without_waiting_for_the_sender_to_close() {
+    for name in ["q35-7.2.mig", "i440fx-2.3.mig"] {
+        let data = fixture(name);
+        for chunk in [1, 7, 4096, 1 << 20] {
+            let mut out = vmstream_qemu::QemuWriter::new(Vec::new(), 4096);
+            QemuReader::new(OpenSocket(Trickle(&data, chunk)), Limits::default())
+                .live()
+                .run(&mut out)
+                .unwrap_or_else(|e| panic!("{name} in chunks of {chunk}: {e} {:?}", e.location()));
+            assert_eq!(out.finish().unwrap(), data, "{name}");
+            // Read as a file, the same stream waits for the end of the input.
+            let e = QemuReader::new(OpenSocket(Trickle(&data, chunk)), Limits::default())
+                .run(&mut vmstream_qemu::QemuWriter::new(Vec::new(), 4096))
+                .unwrap_err();
+            assert!(e.to_string().contains("read past the end"), "{e}");
+        }
+    }
+}

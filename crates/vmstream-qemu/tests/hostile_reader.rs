@@ -721,3 +721,147 @@ fn xbzrle_runs_are_added_with_checks() {
     let e = vmstream_qemu::ram::page_update(0x40, &[1, 0, 0], 0).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Usage, "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// Iterative sections other than RAM.
+
+/// A stream with one START section of `idstr` (id 1) whose body is `body`,
+/// then EOF and an empty vmdesc; and the offset of that body.
+fn iterative(idstr: &str, body: &[u8]) -> (Vec<u8>, u64) {
+    let mut q = Qemu::new();
+    q.bytes(&[0x01]).bytes(&be32(1));
+    q.bytes(&[idstr.len() as u8]).bytes(idstr.as_bytes());
+    q.bytes(&be32(0)).bytes(&be32(1)).bytes(body);
+    let at = 8 + 14 + idstr.len() as u64;
+    (q.end(r#"{"page_size": 4096, "devices": []}"#), at)
+}
+
+#[test]
+fn iterative_sections_round_trip() {
+    let _g = serial();
+    let mut htab = be32(0).to_vec();
+    htab.extend(be32(8));
+    htab.extend([0, 1, 0, 2]);
+    htab.extend([0x5a; 16]);
+    htab.extend([0; 8]);
+    let mut stattr = be64(0x3000 | 2).to_vec();
+    stattr.extend(be64(2));
+    stattr.extend([7, 9]);
+    stattr.extend(be64(8));
+    stattr.extend(be64(1));
+    let mut block = be64((8 << 9) | 1 | 8).to_vec();
+    block.extend(b"\x02hd");
+    block.extend(be64(2));
+    let bitmap = [
+        0x10 | 0x08 | 0x04,
+        1,
+        b'n',
+        1,
+        b'b',
+        0,
+        0,
+        1,
+        0,
+        0,
+        0x20,
+        0x01,
+    ];
+    for (idstr, body) in [
+        ("spapr/htab", &htab[..]),
+        ("s390-storage_attributes", &stattr[..]),
+        ("block", &block[..]),
+        ("dirty-bitmap", &bitmap[..]),
+    ] {
+        let (s, _) = iterative(idstr, body);
+        read_both(&s, Limits::default(), SMALL).unwrap();
+        let (back, _) = qemu_to_qemu(&s[..], Vec::new(), &opts(Limits::default())).unwrap();
+        assert!(back == s, "{idstr}: QEMU -> QEMU differs");
+        let (vms, _) = qemu_to_vmstream(&s[..], Vec::new(), &opts(Limits::default())).unwrap();
+        let back = vmstream_to_qemu(&vms[..], Vec::new(), &opts(Limits::default())).unwrap();
+        assert!(back == s, "{idstr}: through vmstream differs");
+    }
+}
+
+#[test]
+fn iterative_units_are_bounded_before_they_are_read() {
+    let _g = serial();
+    // 2^63 storage attributes in one unit.
+    let mut b = be64(0x1000 | 2).to_vec();
+    b.extend(be64(1 << 63));
+    let (s, at) = iterative("s390-storage_attributes", &b);
+    fails(
+        &s,
+        generous(),
+        ErrorKind::LimitExceeded,
+        "storage attributes",
+        at,
+    );
+    // A 1 MiB block migration unit over a 64 KiB record limit.
+    let mut b = be64(1).to_vec();
+    b.extend(b"\x02hd");
+    let (s, at) = iterative("block", &b);
+    let small = Limits::default().with_max_record_size(64 << 10);
+    fails(&s, small, ErrorKind::LimitExceeded, "max_record_size", at);
+    // A dirty bitmap chunk QEMU would refuse.
+    let mut b = vec![0x40];
+    b.extend([0; 12]);
+    b.extend(be64((10 << 20) + 1));
+    let (s, at) = iterative("dirty-bitmap", &b);
+    fails(
+        &s,
+        generous(),
+        ErrorKind::Malformed,
+        "dirty bitmap chunk",
+        at,
+    );
+}
+
+#[test]
+fn iterative_sections_that_lie_are_refused_where_they_lie() {
+    let _g = serial();
+    // The source says its storage attributes are incomplete.
+    let (s, at) = iterative("s390-storage_attributes", &be64(4));
+    fails(
+        &s,
+        Limits::default(),
+        ErrorKind::Malformed,
+        "ERROR flag",
+        at,
+    );
+    // Unknown block migration flags.
+    let (s, at) = iterative("block", &be64(0x10));
+    fails(
+        &s,
+        Limits::default(),
+        ErrorKind::Malformed,
+        "block migration record with flags 0x10",
+        at,
+    );
+    // A hashed page table chunk of 65535 entries with none of them there.
+    let mut b = be32(0).to_vec();
+    b.extend(be32(0));
+    b.extend([0xff, 0xff, 0, 0]);
+    let (s, at) = iterative("spapr/htab", &b);
+    fails(
+        &s,
+        Limits::default(),
+        ErrorKind::Malformed,
+        "truncated",
+        at + 4,
+    );
+    // A section-part of an iterative section nobody opened.
+    let mut q = Qemu::new();
+    q.bytes(&[0x02]).bytes(&be32(9)).bytes(&be32(0));
+    let s = q.end(r#"{"page_size": 4096, "devices": []}"#);
+    fails(
+        &s,
+        Limits::default(),
+        ErrorKind::Malformed,
+        "no iterative section-start opened",
+        8,
+    );
+    // An iterative handler that is not read.
+    let (s, _) = iterative("vfio", &[0; 8]);
+    let e = read_both(&s, Limits::default(), SMALL).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+}
