@@ -3,9 +3,10 @@
 //! arrives, converts it to vmstream on the fly and spreads its page records
 //! over the data channels (`vmstream_migrate::relay::Splitter`); the receiving
 //! side puts the records back in order (`Merger`), converts them back to
-//! QEMU's bytes and feeds the destination QEMU. Each exits 0 only once the
-//! destination QEMU has the whole stream; on any failure it closes its QEMU
-//! connection, so the source QEMU fails its migration and runs on and the
+//! QEMU's bytes and feeds the destination QEMU; QEMU's return path goes back
+//! the other way on a return channel. Each exits 0 only once the destination
+//! QEMU has loaded the whole stream; on any failure it shuts its QEMU
+//! connection down, so the source QEMU fails its migration and runs on and the
 //! destination QEMU never gets a whole stream to run.
 
 use std::fs::File;
@@ -20,18 +21,21 @@ use vmstream::{Header, Limits, StreamKind, StreamReader, StreamWriter, WriterOpt
 use vmstream_migrate::link::Link;
 use vmstream_migrate::proto::{Control, CONTROL};
 use vmstream_migrate::qmp::QmpServer;
-use vmstream_migrate::relay::{Merger, QueryMigrate, Splitter};
+use vmstream_migrate::relay::{carry_back, send_back, Merger, QueryMigrate, Splitter};
 use vmstream_migrate::stats::{Stats, Status};
 use vmstream_qemu::ConvertOptions;
 use vmstream_transport::{
-    accept_set, connect, connect_set, Connection, Listener, MigrationAddress, MigrationChannel,
-    MigrationId, TlsClient, TlsServer,
+    accept_set, connect, connect_set, ChannelSet, Connection, Listener, MigrationAddress,
+    MigrationChannel, MigrationId, ShutdownHandle, TlsClient, TlsServer,
 };
 
 use crate::args::{RelayArgs, RelayCommand, RelayReceiveArgs, RelaySendArgs};
 
 /// How long `receive` waits for the sending relay's channels.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long `receive` waits, after the stream's last byte, for the
+/// destination QEMU to load it and close its connection.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) fn relay(args: &RelayArgs, limits: Limits) -> Result<ExitCode> {
     let stats = Arc::new(Stats::new());
@@ -123,20 +127,53 @@ fn send(a: &RelaySendArgs, limits: Limits, stats: &Stats) -> Result<()> {
         None => None,
     };
     let rules = a.rules.as_deref().map(load_rules).transpose()?;
-    // The source QEMU's stream: one connection to --from, or standard input.
-    let input: Box<dyn Read + Send> = if a.from == "-" {
-        Box::new(std::io::stdin())
+    // The source QEMU's stream: one connection to --from, or standard input
+    // (QEMU's `exec:`); its return path goes back the same way.
+    let mut cut = Vec::new();
+    let (input, back): (Box<dyn Read + Send>, Box<dyn Write + Send>) = if a.from == "-" {
+        (Box::new(std::io::stdin()), Box::new(std::io::stdout()))
     } else {
         let from = address(&a.from, "--from")?;
         let l = Listener::bind(&from).map_err(|e| anyhow!("--from {}: {}", a.from, e.chain()))?;
         let c = l
             .accept(None)
             .map_err(|e| anyhow!("--from {}: {}", a.from, e.chain()))?;
-        Box::new(c)
+        let back = c
+            .try_clone()
+            .map_err(|e| anyhow!("--from {}: {}", a.from, e.chain()))?;
+        cut.push(c.shutdown_handle());
+        (Box::new(c), Box::new(back))
     };
     let id = MigrationId::random().map_err(|e| anyhow!("{}", e.chain()))?;
-    let set = connect_set(&to, a.data_channels, id, tls.as_ref())
+    let mut set = connect_set(&to, a.data_channels + 1, id, tls.as_ref())
         .map_err(|e| anyhow!("--to {}: {}", a.to, e.chain()))?;
+    let ret = set
+        .data
+        .pop()
+        .ok_or_else(|| anyhow!("--to {}: no return channel", a.to))?;
+    cut.push(ret.shutdown_handle());
+    let r = relay_out(a, set, ret, input, back, rules.as_ref(), limits, stats);
+    if r.is_err() {
+        // The clone of QEMU's socket would keep it open: shut it down, so the
+        // source QEMU sees its migration fail.
+        cut.iter().for_each(ShutdownHandle::shutdown);
+    }
+    r
+}
+
+/// The sending relay once connected: QEMU's stream out over the channel set,
+/// its return path back from the return channel.
+#[allow(clippy::too_many_arguments)]
+fn relay_out(
+    a: &RelaySendArgs,
+    set: ChannelSet,
+    ret: Connection,
+    input: Box<dyn Read + Send>,
+    back: Box<dyn Write + Send>,
+    rules: Option<&vmstream_compat::Registry>,
+    limits: Limits,
+    stats: &Stats,
+) -> Result<()> {
     stats.update(|s| s.status = Some(Status::Active));
     let record: Option<Box<dyn Write + Send>> = match &a.record {
         Some(p) => Some(Box::new(BufWriter::with_capacity(
@@ -146,6 +183,10 @@ fn send(a: &RelaySendArgs, limits: Limits, stats: &Stats) -> Result<()> {
         None => None,
     };
     let links = |c: Connection| Box::new(c) as Box<dyn Link>;
+    let carrier = std::thread::Builder::new()
+        .name("relay-return-path".into())
+        .spawn(move || carry_back(links(ret), back, limits))
+        .context("a thread for the return path")?;
     let splitter = Splitter::new(
         links(set.main),
         set.data.into_iter().map(links).collect(),
@@ -155,8 +196,8 @@ fn send(a: &RelaySendArgs, limits: Limits, stats: &Stats) -> Result<()> {
     let opts = ConvertOptions {
         limits,
         writer: WriterOptions::default().with_index(false),
-        compact: false,
-        vmdesc: None,
+        live: true,
+        ..ConvertOptions::default()
     };
     let received = Arc::new(AtomicU64::new(0));
     let input = Counted(input, received.clone());
@@ -173,7 +214,7 @@ fn send(a: &RelaySendArgs, limits: Limits, stats: &Stats) -> Result<()> {
             let (r, w) = std::io::pipe().context("a pipe for the transform")?;
             std::thread::scope(|s| -> Result<Splitter> {
                 let w = BufWriter::with_capacity(1 << 20, w);
-                let t = s.spawn(|| transform(input, w, &reg, &opts));
+                let t = s.spawn(|| transform(input, w, reg, &opts));
                 let converted = convert(r, splitter, &opts);
                 let transformed = t.join().map_err(|_| anyhow!("the transform panicked"))?;
                 transformed.map_err(at)?;
@@ -184,23 +225,35 @@ fn send(a: &RelaySendArgs, limits: Limits, stats: &Stats) -> Result<()> {
     let main = splitter
         .finish()
         .context("sending to the receiving relay")?;
-    // The receiving relay answers once the destination QEMU has it all.
-    let mut back = StreamReader::new(main, limits).context("the receiving relay's answer")?;
+    // The receiving relay answers once the destination QEMU has it all and
+    // has closed its return path.
+    let mut answer = StreamReader::new(main, limits).context("the receiving relay's answer")?;
     loop {
-        let item = back
+        let item = answer
             .next()
             .context("the receiving relay's answer")?
             .ok_or_else(|| anyhow!("the receiving relay closed without an answer"))?;
         if let vmstream::Record::Other(raw) = item.record {
             if raw.kind == CONTROL {
-                return match Control::decode(raw.body).map_err(|e| anyhow!(e))? {
-                    Control::Done => Ok(()),
+                match Control::decode(raw.body).map_err(|e| anyhow!(e))? {
+                    Control::Done => break,
                     Control::Failed { reason } => bail!("the receiving relay failed: {reason}"),
                     other => bail!("the receiving relay answered {}", other.name()),
-                };
+                }
             }
         }
     }
+    let carried = carrier
+        .join()
+        .map_err(|_| anyhow!("the return path's thread panicked"))?
+        .map_err(|e| anyhow!("carrying the return path to the source QEMU: {e}"))?;
+    if carried.messages > 0 {
+        eprintln!(
+            "vmstream relay send: return path: {} messages carried to the source QEMU",
+            carried.messages
+        );
+    }
+    Ok(())
 }
 
 fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
@@ -215,14 +268,48 @@ fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
     let rules = a.rules.as_deref().map(load_rules).transpose()?;
     let listener =
         Listener::bind(&listen).map_err(|e| anyhow!("--listen {}: {}", a.listen, e.chain()))?;
-    let set = accept_set(&listener, tls.as_ref(), ACCEPT_TIMEOUT)
+    let mut set = accept_set(&listener, tls.as_ref(), ACCEPT_TIMEOUT)
         .map_err(|e| anyhow!("--listen {}: {}", a.listen, e.chain()))?;
     drop(listener);
+    let ret = set.data.pop().ok_or_else(|| {
+        anyhow!(
+            "--listen {}: the sending relay opened no return channel",
+            a.listen
+        )
+    })?;
     stats.update(|s| s.status = Some(Status::Active));
     let qemu = connect(&to, None).map_err(|e| anyhow!("--to {}: {}", a.to, e.chain()))?;
+    let cut = qemu.shutdown_handle();
+    let r = relay_in(set, ret, qemu, rules.as_ref(), limits, stats);
+    if r.is_err() {
+        // The return path's clone would keep the socket open: shut it down,
+        // so the destination QEMU sees the stream break.
+        cut.shutdown();
+    }
+    r
+}
+
+/// The receiving relay once connected: the channel set merged and converted
+/// back into the destination QEMU, its return path sent back, and the answer.
+fn relay_in(
+    set: ChannelSet,
+    ret: Connection,
+    qemu: Connection,
+    rules: Option<&vmstream_compat::Registry>,
+    limits: Limits,
+    stats: &Stats,
+) -> Result<()> {
     let links = |c: Connection| Box::new(c) as Box<dyn Link>;
+    let rp = qemu
+        .try_clone()
+        .map_err(|e| anyhow!("the destination QEMU: {}", e.chain()))?;
+    let (rp_tx, rp_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("relay-return-path".into())
+        .spawn(move || rp_tx.send(send_back(rp, links(ret))))
+        .context("a thread for the return path")?;
     let main_peer = set.main.peer().to_owned();
-    let merger = Merger::new(
+    let mut merger = Merger::new(
         links(set.main),
         set.data.into_iter().map(links).collect(),
         limits,
@@ -230,14 +317,11 @@ fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
     );
     let opts = ConvertOptions {
         limits,
-        writer: WriterOptions::default(),
-        compact: false,
-        vmdesc: None,
+        ..ConvertOptions::default()
     };
-    let mut merger = merger;
     // QemuWriter writes a few bytes at a time: gather them into large writes.
     let mut out = BufWriter::with_capacity(1 << 20, qemu);
-    let result = match &rules {
+    let result = match rules {
         None => vmstream_qemu::vmstream_to_qemu(&mut merger, &mut out, &opts).map(|_| ()),
         Some(reg) => match std::io::pipe() {
             // QEMU bytes converted back go through a pipe into the transform.
@@ -265,6 +349,25 @@ fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
                 .map_err(|e| anyhow!("writing to the destination QEMU: {}", e.error()))?;
             qemu.finish()
                 .map_err(|e| anyhow!("closing the destination QEMU's connection: {}", e.chain()))
+        })
+        .and_then(|()| {
+            // The destination QEMU closes its connection once it has loaded
+            // the stream, after a SHUT on its return path if it opened one.
+            let carried = rp_rx
+                .recv_timeout(LOAD_TIMEOUT)
+                .map_err(|_| {
+                    anyhow!(
+                        "the destination QEMU did not close its connection within {} s of the stream's end",
+                        LOAD_TIMEOUT.as_secs()
+                    )
+                })?
+                .map_err(|e| anyhow!("{e}"))?;
+            match carried.shut {
+                Some(v) if v != 0 => bail!(
+                    "the destination QEMU failed to load the stream (its return path's SHUT says {v})"
+                ),
+                _ => Ok(()),
+            }
         });
     // Tell the sending relay how it went, on main's way back.
     let answer = match &result {
@@ -284,38 +387,11 @@ fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
     told.map_err(|e| anyhow!("answering the sending relay at {main_peer}: {e}"))
 }
 
-/// Converts the source QEMU's stream into `out`, refusing what the relay
-/// cannot carry.
+/// Converts the source QEMU's stream into `out`.
 fn convert<R: Read, W: Write>(input: R, out: W, opts: &ConvertOptions) -> vmstream::Result<W> {
-    let mut sink = NoReturnPath(vmstream_qemu::VmstreamSink::new(out, opts.writer));
+    let mut sink = vmstream_qemu::VmstreamSink::new(out, opts.writer);
     vmstream_qemu::read_qemu(input, &mut sink, opts)?;
-    sink.0.finish()
-}
-
-/// QEMU's return path (capability `return-path`) is not carried: the
-/// source QEMU would wait for it to close at the end and the migration would
-/// never complete, so the command that opens it fails the relay at once, and
-/// the source QEMU fails its migration and runs on.
-struct NoReturnPath<S>(S);
-
-/// `MIG_CMD_OPEN_RETURN_PATH`.
-const OPEN_RETURN_PATH: u16 = 1;
-
-impl<S: vmstream_qemu::Sink> vmstream_qemu::Sink for NoReturnPath<S> {
-    fn event(&mut self, event: &vmstream_qemu::Event<'_>) -> vmstream::Result<()> {
-        if let vmstream_qemu::Event::Command {
-            cmd: OPEN_RETURN_PATH,
-            ..
-        } = event
-        {
-            return Err(vmstream::Error::new(
-                vmstream::ErrorKind::Unsupported,
-                "the source QEMU opened a return path (capability return-path), \
-                 which the relay does not carry: turn return-path off on both QEMUs",
-            ));
-        }
-        self.0.event(event)
-    }
+    sink.finish()
 }
 
 /// A rules file, parsed.

@@ -99,7 +99,10 @@ impl From<vmstream::Error> for Error {
         let mut message = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
-            message = format!("{message}: {s}");
+            let s_text = s.to_string();
+            if !message.contains(&s_text) {
+                message = format!("{message}: {s_text}");
+            }
             source = s.source();
         }
         Error::new(ErrorKind::Stream, message)

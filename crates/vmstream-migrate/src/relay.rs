@@ -4,7 +4,7 @@
 //! one was; the [`Merger`] reads the channels and gives back the very same
 //! bytes, in order. `vmstream relay` carries a running QEMU's migration this
 //! way (QEMU's stream converted to vmstream on the source host, converted back
-//! on the destination host); the wire format is in `docs/live-migration.md` §8.
+//! on the destination host); the wire format is in `docs/live-migration.md` §7.
 //!
 //! Every channel is written by a thread of its own behind a bounded queue, and
 //! every data channel is read ahead by one, so the channels move in parallel
@@ -20,6 +20,9 @@ use vmstream::{Limits, RecordKind};
 
 use crate::link::Link;
 use crate::Error;
+
+mod return_path;
+pub use return_path::{carry_back, send_back, Carried, RETURN_PATH};
 
 /// Record kind of a `moved` marker: the next `pages` record of the stream
 /// travels on data channel `id` (body: `u32 id`). Optional, so that nothing

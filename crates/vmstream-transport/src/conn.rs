@@ -171,6 +171,29 @@ impl Connection {
         }
     }
 
+    /// A second handle on a plain socket, for reading in one thread while
+    /// another writes (QEMU's return path travels back on its migration
+    /// socket). Both share one [`ShutdownHandle`]: dropping one handle does
+    /// not close the socket, shutting it down ends both. TLS, pipes, files
+    /// and children cannot be cloned.
+    pub fn try_clone(&self) -> Result<Connection> {
+        let Io::Plain(sock) = &self.io else {
+            return Err(Error::unsupported(format!(
+                "{}: only a plain socket can be read and written from two threads",
+                self.peer
+            )));
+        };
+        let sock = sock
+            .try_clone()
+            .map_err(|e| Error::io(format!("{}: clone socket", self.peer), e))?;
+        Ok(Connection {
+            io: Io::Plain(sock),
+            mode: self.mode,
+            peer: self.peer.clone(),
+            shutdown: self.shutdown.clone(),
+        })
+    }
+
     fn new(io: Io, mode: Mode, peer: String, target: Target) -> Connection {
         Connection {
             io,
