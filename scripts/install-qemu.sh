@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs the real QEMU peers the interop tests run against:
-#   * QEMU 7.2: Debian bookworm's qemu-system-x86 and qemu-utils, installed with
-#     apt-get in one call, pinned to one 7.2 version, no recommends, whatever
-#     QEMU packages the machine started with;
+#   * QEMU 7.2: Debian bookworm's qemu-system-x86, qemu-system-arm (aarch64,
+#     arm), qemu-system-ppc (ppc64), qemu-system-misc (riscv64, s390x) and
+#     qemu-utils, installed with apt-get in one call, pinned to one 7.2 version,
+#     no recommends, whatever QEMU packages the machine started with (the
+#     firmware the other architectures' fixtures boot — SLOF, s390-ccw.img,
+#     OpenSBI — comes with qemu-system-data);
 #   * QEMU 10.0.x (10.0.2 today): bookworm-backports' qemu-system-x86, NOT installed but unpacked
 #     (apt-get download + dpkg -x) into target/qemu-10.0/root together with
 #     qemu-system-common, qemu-system-data and every dependency this machine does
@@ -47,13 +50,25 @@ apt_update() {
 is72() { [[ $1 == 1:7.2* ]]; }
 v72() { apt-cache madison "$1" 2>/dev/null | awk -F'|' '/Packages/ {gsub(/ /, "", $2); print $2}' | grep -m1 '^1:7\.2' || true; }
 pins=()
-want72=(qemu-system-x86 qemu-utils)
+want72=(qemu-system-x86 qemu-system-arm qemu-system-ppc qemu-system-misc qemu-utils)
+# The 7.2 programs the tests run, and the package each comes from.
+declare -A prog72=(
+    [qemu-system-x86_64]=qemu-system-x86
+    [qemu-system-aarch64]=qemu-system-arm
+    [qemu-system-arm]=qemu-system-arm
+    [qemu-system-ppc64]=qemu-system-ppc
+    [qemu-system-riscv64]=qemu-system-misc
+    [qemu-system-s390x]=qemu-system-misc
+)
+runs72() { "$1" --version 2>/dev/null | grep -q 'version 7\.2\.'; }
 while read -r name ver; do
     [[ -n $name ]] || continue
     is72 "$ver" || want72+=("$name")
 done < <(dpkg-query -W -f '${db:Status-Status} ${Package} ${Version}\n' 'qemu-*' 2>/dev/null | awk '$1 == "installed" {print $2, $3}')
 need72=0
-qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 7\.2\.' || need72=1
+for prog in "${!prog72[@]}"; do
+    runs72 "$prog" || need72=1
+done
 for p in "${want72[@]}"; do
     is72 "$(dpkg-query -W -f '${Version}' "$p" 2>/dev/null || true)" || need72=1
 done
@@ -73,8 +88,8 @@ if [[ $need72 == 1 ]] || ((${#other[@]})); then
             [[ $p == qemu-system-x86 ]] || pv=$(v72 "$p")
             if [[ -n $pv ]]; then
                 pins+=("$p=$pv")
-            elif [[ $p == qemu-utils ]]; then
-                echo "install-qemu.sh: no qemu-utils 1:7.2* in the configured apt sources" >&2
+            elif [[ " qemu-utils qemu-system-arm qemu-system-ppc qemu-system-misc " == *" $p "* ]]; then
+                echo "install-qemu.sh: no $p 1:7.2* in the configured apt sources" >&2
                 exit 1
             else
                 # An installed qemu-* package without a 7.2 build: 7.2 replaces it.
@@ -259,7 +274,9 @@ fi
 
 # --- every program the tests run, run once ----------------------------------
 missing=()
-qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 7\.2\.' || missing+=("qemu-system-x86_64 (QEMU 7.2)")
+for prog in qemu-system-x86_64 qemu-system-aarch64 qemu-system-arm qemu-system-ppc64 qemu-system-riscv64 qemu-system-s390x; do
+    runs72 "$prog" || missing+=("$prog (QEMU 7.2, package ${prog72[$prog]})")
+done
 have10 || missing+=("target/qemu-10.0/qemu-system-x86_64 (QEMU $want10)")
 qemu-img --version >/dev/null 2>&1 || missing+=(qemu-img)
 unshare --version >/dev/null 2>&1 || missing+=(unshare)
@@ -268,5 +285,6 @@ if ((${#missing[@]})); then
     exit 1
 fi
 echo "QEMU 7.2:  $(qemu-system-x86_64 --version | head -1)"
+echo "           also qemu-system-aarch64, -arm, -ppc64, -riscv64, -s390x"
 echo "QEMU 10.0: $("$top/qemu-system-x86_64" --version | head -1)"
 echo "qemu-img:  $(qemu-img --version | head -1)"

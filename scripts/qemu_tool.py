@@ -8,18 +8,34 @@
          "args": the extra QEMU arguments a matching destination needs,
          "blob": {"file", "addr", "sha256"} or null, "features": [...], "notes",
          "skipped": bool, "vmdesc_twin": same-config fixture that has a vmdesc, or null,
-         "accel", "bytes", "seconds"}
+         "caps": migration capabilities a destination needs too (e.g. ["mapped-ram"]),
+         "multifd_channels": N or null, "accel", "bytes", "seconds"}
       The args hold absolute paths into OUTDIR (blob, qcow2 images, multiboot kernel),
       so the fixtures are used where they were made.
       Prints one line per fixture (name, bytes, seconds). Exits 1 if a fixture could
       not be made (a missing QEMU only marks its fixtures skipped).
 
   qemu_tool.py load STREAM --qemu 7.2|10.0 --machine M --args-json JSON
-                   [--memory-mb N] --remigrate OUT
+                   [--memory-mb N] [--caps CAP,...] [--multifd-channels N] [--arch ARCH] --remigrate OUT
       Starts QEMU with that configuration and `-incoming defer`, loads STREAM
       (migrate-incoming exec:cat STREAM), then migrates the loaded, still paused
-      guest out again to OUT. Exits 0 on success; on failure prints QEMU's stderr
-      and exits 1.
+      guest out again to OUT. With --caps the capabilities are set on the
+      destination first; with mapped-ram both migrations use file: URIs (QEMU
+      needs a seekable file for it). Exits 0 on success; on failure prints QEMU's
+      stderr and exits 1.
+
+  qemu_tool.py load MAIN --channel MAIN.multifd0 --channel ... [--multifd-compression C]
+                   --qemu ... --machine M --args-json JSON [--memory-mb N] --pmemsave OUT
+      Loads a multifd channel set: multifd on with as many channels as given, then
+      the main channel and each channel capture replayed at once, each on its own
+      connection, over a unix socket into migrate-incoming; writes the loaded guest's
+      memory from 1 MiB to OUT (pmemsave).
+
+Multifd fixtures (manifest key "multifd": {"channels", "compression", "files",
+"pmem"}) migrate over a unix socket served by a small capturer that accepts the main
+channel and N channels and writes each to a file: the main channel to FILE, channel K
+(the id in its MultiFDInit header) to FILE.multifdK; the source's memory from 1 MiB
+after the migration (pmemsave) goes to FILE.pmem.
 
 How a fixture is made: QEMU starts with -nodefaults -display none, a QMP socket,
 `-m N`, `-machine TYPE,accel=kvm|tcg` and a random blob (deterministic per fixture)
@@ -27,7 +43,10 @@ loaded into guest RAM with `-device loader,...,force-raw=on`, paused (-S) unless
 guest is to run first; then QMP migrate to `exec:cat > FILE` (or `file:FILE`).
 
 QEMU 7.2 is `qemu-system-x86_64` on PATH and 10.0 is target/qemu-10.0/qemu-system-x86_64
-(scripts/install-qemu.sh makes both); QEMU_72 / QEMU_100 override them. KVM is used
+(scripts/install-qemu.sh makes both); QEMU_72 / QEMU_100 override them. The fixtures of
+other architectures (entry key "arch": aarch64, arm, riscv64, ppc64, s390x) run QEMU 7.2's
+`qemu-system-ARCH` on PATH, always with TCG; their blob "addr" is its offset in the main
+RAM block ("block"; "gpa" is where the guest has it). KVM is used
 when /dev/kvm can be opened, TCG otherwise; QEMU_ACCEL=kvm|tcg overrides that (streams
 made with one load only with the same, as KVM adds devices such as kvmclock).
 """
@@ -43,6 +62,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,9 +73,27 @@ QEMU = {
 BLOB_ADDR = 0x1000000            # 16 MiB: clear of SeaBIOS, qboot and the multiboot kernel
 DIRTY_START, DIRTY_END = 0x2000000, 0x2400000   # what the dirtying guest rewrites
 QEVM = b"QEVM\x00\x00\x00\x03"
+MULTIFD_MAGIC = b"\x11\x22\x33\x44"
+PMEM_START = 0x100000            # guest memory compared from 1 MiB up (below: VGA and ROM windows)
 
 
-def accel():
+# Per architecture other than x86: where guest RAM starts, the offset in it of the blob.
+ARCH_RAM = {"aarch64": 0x40000000, "arm": 0x40000000, "riscv64": 0x80000000, "ppc64": 0, "s390x": 0}
+ARCH_BLOB = {"aarch64": BLOB_ADDR, "arm": BLOB_ADDR, "riscv64": BLOB_ADDR, "ppc64": 0x4000000, "s390x": BLOB_ADDR}
+ARCH_RAM_BLOCK = {"aarch64": "mach-virt.ram", "arm": "mach-virt.ram", "riscv64": "riscv_virt_board.ram",
+                  "ppc64": "ppc_spapr.ram", "s390x": "s390.ram"}
+
+
+def binary(qemu, arch=None):
+    """The QEMU program of version `qemu` for `arch` (None: x86_64)."""
+    if arch in (None, "x86_64"):
+        return QEMU[qemu]
+    return os.environ.get(f"QEMU_72_{arch.upper()}", f"qemu-system-{arch}") if qemu == "7.2" else None
+
+
+def accel(arch=None):
+    if arch not in (None, "x86_64"):
+        return "tcg"
     if os.environ.get("QEMU_ACCEL") in ("kvm", "tcg"):
         return os.environ["QEMU_ACCEL"]
     try:
@@ -68,15 +106,16 @@ def accel():
 _versions = {}
 
 
-def qemu_version(qemu):
-    """The 'x.y.z' version of QEMU `qemu` ("7.2"/"10.0"), or None if it does not run."""
-    if qemu not in _versions:
+def qemu_version(qemu, arch=None):
+    """The 'x.y.z' version of QEMU `qemu` ("7.2"/"10.0") for `arch`, or None if it does not run."""
+    prog = binary(qemu, arch)
+    if prog not in _versions:
         try:
-            out = subprocess.run([QEMU[qemu], "--version"], capture_output=True, timeout=30).stdout.decode()
-            _versions[qemu] = out.split("version ", 1)[1].split()[0] if "version " in out else None
-        except (OSError, subprocess.TimeoutExpired):
-            _versions[qemu] = None
-    return _versions[qemu]
+            out = subprocess.run([prog, "--version"], capture_output=True, timeout=30).stdout.decode()
+            _versions[prog] = out.split("version ", 1)[1].split()[0] if "version " in out else None
+        except (OSError, TypeError, subprocess.TimeoutExpired):
+            _versions[prog] = None
+    return _versions[prog]
 
 
 def stderr_of(proc):
@@ -158,10 +197,101 @@ class Qmp:
         raise RuntimeError("migration timed out")
 
 
-def start(qemu, machine, memory_mb, args, extra, sock):
-    """Starts QEMU `qemu` and returns (process, Qmp). Its stderr: stderr_of(process)."""
-    cmd = [QEMU[qemu], "-nodefaults", "-display", "none", "-m", str(memory_mb),
-           "-machine", f"{machine},accel={accel()}", "-qmp", f"unix:{sock},server=on,wait=off"] + args + extra
+class Capturer:
+    """Serves a unix socket a migration source connects to: accepts the main channel and
+    `channels` multifd channels (told apart by their first bytes: QEVM or the MultiFDInit
+    magic 0x11223344, the channel id in byte 24) and writes each connection to a file:
+    the main channel to `path`, channel K to `path.multifdK`."""
+
+    def __init__(self, sock_path, path, channels):
+        self.path, self.channels, self.errors, self.files = path, channels, [], {}
+        self.srv = socket.socket(socket.AF_UNIX)
+        self.srv.bind(sock_path)
+        self.srv.listen(channels + 1)
+        self.srv.settimeout(120)
+        self.threads = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _accept(self):
+        try:
+            for _ in range(self.channels + 1):
+                conn, _ = self.srv.accept()
+                t = threading.Thread(target=self._drain, args=(conn,), daemon=True)
+                t.start()
+                self.threads.append(t)
+        except Exception as err:  # noqa: BLE001 - reported by wait()
+            self.errors.append(f"accept: {err}")
+
+    def _drain(self, conn):
+        try:
+            conn.settimeout(240)
+            data = bytearray()
+            while True:
+                b = conn.recv(1 << 20)
+                if not b:
+                    break
+                data += b
+            conn.close()
+            if data.startswith(QEVM):
+                name = self.path
+            elif data.startswith(MULTIFD_MAGIC) and len(data) >= 64:
+                name = f"{self.path}.multifd{data[24]}"
+            else:
+                raise RuntimeError(f"a connection starting with {bytes(data[:8]).hex()} is neither a main nor "
+                                   f"a multifd channel")
+            if name in self.files:
+                raise RuntimeError(f"two connections are {name}")
+            self.files[name] = len(data)
+            with open(name, "wb") as f:
+                f.write(data)
+        except Exception as err:  # noqa: BLE001 - reported by wait()
+            self.errors.append(str(err))
+
+    def wait(self):
+        self.acceptor.join(240)
+        for t in self.threads:
+            t.join(240)
+        self.srv.close()
+        if self.errors or len(self.files) != self.channels + 1:
+            raise RuntimeError(f"capture of {self.channels} multifd channels got {sorted(self.files)}: "
+                               f"{'; '.join(self.errors)}")
+
+
+def multifd_setup(qmp, channels, compression):
+    """Turns on multifd with `channels` channels and `compression` (none, zlib, zstd)."""
+    qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}])
+    qmp.cmd("migrate-set-parameters", **{"multifd-channels": channels, "multifd-compression": compression})
+
+
+def replay(sock_path, main, channels, timeout=60):
+    """Connects to a listening migration destination and sends the main channel and
+    then each multifd channel capture, each on its own connection, all at once."""
+    errors = []
+
+    def send(path):
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sock_path)
+            with open(path, "rb") as f:
+                s.sendall(f.read())
+            s.close()
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(f"{path}: {err}")
+
+    threads = [threading.Thread(target=send, args=(main,), daemon=True)]
+    threads[0].start()
+    time.sleep(0.2)  # the main channel first, as a source connects it
+    for c in channels:
+        threads.append(threading.Thread(target=send, args=(c,), daemon=True))
+        threads[-1].start()
+    return threads, errors
+
+
+def start(qemu, machine, memory_mb, args, extra, sock, arch=None):
+    """Starts QEMU `qemu` (for `arch`) and returns (process, Qmp). Its stderr: stderr_of(process)."""
+    cmd = [binary(qemu, arch), "-nodefaults", "-display", "none", "-m", str(memory_mb),
+           "-machine", f"{machine},accel={accel(arch)}", "-qmp", f"unix:{sock},server=on,wait=off"] + args + extra
     err = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     proc.errfile = err
@@ -240,15 +370,26 @@ def device_args(qemu, kind, outdir, name):
     raise ValueError(kind)
 
 
+def set_caps(qmp, caps, multifd_channels):
+    """Turns migration capabilities on (and sets the multifd channel count)."""
+    if caps:
+        qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": c, "state": True} for c in caps])
+    if multifd_channels:
+        qmp.cmd("migrate-set-parameters", **{"multifd-channels": multifd_channels})
+
+
 def make(outdir, spec, tmp):
     """Makes one fixture; returns its manifest entry."""
-    name, qemu, machine = spec["file"], spec["qemu"], spec["machine"]
+    name, qemu, machine, arch = spec["file"], spec["qemu"], spec["machine"], spec.get("arch")
     entry = {"file": name, "qemu": qemu, "machine": machine, "memory_mb": spec.get("memory_mb", 64),
              "args": [], "blob": None, "features": list(spec.get("features", [])), "notes": spec.get("notes", ""),
-             "skipped": False, "vmdesc_twin": spec.get("vmdesc_twin"), "accel": accel()}
-    version = qemu_version(qemu)
+             "skipped": False, "vmdesc_twin": spec.get("vmdesc_twin"), "accel": accel(arch),
+             "caps": list(spec.get("caps", [])), "multifd_channels": spec.get("multifd_channels")}
+    if arch:
+        entry["arch"] = arch
+    version = qemu_version(qemu, arch)
     if not version or not version.startswith(qemu + "."):
-        entry.update(skipped=True, notes=f"QEMU {qemu} is not available ({QEMU[qemu]}: "
+        entry.update(skipped=True, notes=f"QEMU {qemu} is not available ({binary(qemu, arch)}: "
                      f"{'version ' + version if version else 'does not run'}); see scripts/install-qemu.sh")
         return entry
     args = list(spec.get("args", []))
@@ -265,8 +406,13 @@ def make(outdir, spec, tmp):
     blob = os.path.join(outdir, os.path.splitext(os.path.basename(seed))[0] + ".blob")
     with open(blob, "wb") as f:
         f.write(data)
-    args += ["-device", f"loader,file={blob},addr={BLOB_ADDR:#x},force-raw=on"]
-    entry["blob"] = {"file": os.path.basename(blob), "addr": hex(BLOB_ADDR), "sha256": hashlib.sha256(data).hexdigest()}
+    offset = ARCH_BLOB.get(arch, BLOB_ADDR)
+    gpa = ARCH_RAM.get(arch, 0) + offset
+    args += ["-device", f"loader,file={blob},addr={gpa:#x},force-raw=on"]
+    entry["blob"] = {"file": os.path.basename(blob), "addr": hex(offset), "gpa": hex(gpa),
+                     "sha256": hashlib.sha256(data).hexdigest()}
+    if arch:
+        entry["blob"]["block"] = ARCH_RAM_BLOCK[arch]
     entry["args"] = args
 
     run_s = spec.get("run_s")
@@ -276,7 +422,7 @@ def make(outdir, spec, tmp):
     sock = os.path.join(tmp, "gen.sock")
     if os.path.exists(sock):
         os.unlink(sock)
-    proc, qmp = start(qemu, machine, entry["memory_mb"], args, [] if run_s else ["-S"], sock)
+    proc, qmp = start(qemu, machine, entry["memory_mb"], args, [] if run_s else ["-S"], sock, arch)
     try:
         if spec.get("dirtier"):
             # SeaBIOS takes a few seconds to reach the kernel; wait until it dirties.
@@ -287,13 +433,31 @@ def make(outdir, spec, tmp):
                 time.sleep(0.05)
             entry["notes"] += f" (it started dirtying {time.monotonic() - booted:.1f} s after QEMU did)"
         if run_s:
-            time.sleep(run_s if accel() == "kvm" else 3 * run_s)
+            time.sleep(run_s if accel(arch) == "kvm" else 3 * run_s)
+        if spec.get("stop_first") or arch:
+            # saved like libvirt's save (and every guest of another architecture):
+            # the guest ran, then is paused and migrated
+            qmp.cmd("stop")
+        set_caps(qmp, entry["caps"], entry["multifd_channels"])
         if "xbzrle" in entry["features"]:
             qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "xbzrle", "state": True}])
         if "multi-round" in entry["features"]:
             # Slow and strict at first so precopy keeps iterating while the guest dirties memory.
             qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 32 << 20, "downtime-limit": 1})
-        uri = f"file:{path}" if "file-migration" in entry["features"] else "exec:cat > " + shlex.quote(path)
+        file_uri = "file-migration" in entry["features"] or "mapped-ram" in entry["caps"]
+        uri = f"file:{path}" if file_uri else "exec:cat > " + shlex.quote(path)
+        capturer = None
+        mfd = spec.get("multifd")
+        if mfd:
+            multifd_setup(qmp, mfd["channels"], mfd["compression"])
+            msock = os.path.join(tmp, "multifd.sock")
+            if os.path.exists(msock):
+                os.unlink(msock)
+            for old in os.listdir(outdir):
+                if old.startswith(name + ".multifd"):
+                    os.unlink(os.path.join(outdir, old))
+            capturer = Capturer(msock, path, mfd["channels"])
+            uri = f"unix:{msock}"
         qmp.cmd("migrate", uri=uri)
         if "multi-round" in entry["features"]:
             deadline = time.monotonic() + 20
@@ -306,6 +470,13 @@ def make(outdir, spec, tmp):
             qmp.cmd("stop")
             qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 30, "downtime-limit": 300})
         info = qmp.wait_migration()
+        if capturer:
+            capturer.wait()
+            # The source stays paused with the memory it sent: the reference image.
+            qmp.cmd("pmemsave", val=PMEM_START, size=(entry["memory_mb"] << 20) - PMEM_START,
+                    filename=path + ".pmem")
+            entry["multifd"] = dict(mfd, files=[os.path.basename(f) for f in sorted(capturer.files) if f != path],
+                                    pmem={"file": name + ".pmem", "addr": hex(PMEM_START)})
     except Exception as err:
         stop(proc, qmp)
         raise RuntimeError(with_stderr(err, proc)) from None
@@ -315,7 +486,7 @@ def make(outdir, spec, tmp):
     if head != QEVM:
         raise RuntimeError(f"{name} starts with {head.hex()}, not QEVM version 3")
     ram, xb = info.get("ram", {}), info.get("xbzrle-cache", {})
-    stats = (f"QEMU {version}, {entry['accel']}; ram: {ram.get('normal', 0)} normal + "
+    stats = (f"QEMU {version}{' ' + arch if arch else ''}, {entry['accel']}; ram: {ram.get('normal', 0)} normal + "
              f"{ram.get('duplicate', 0)} zero pages, dirty-sync-count {ram.get('dirty-sync-count')}")
     if "xbzrle" in entry["features"]:
         stats += (f"; xbzrle: {xb.get('pages', 0)} encoded pages, {xb.get('bytes', 0)} bytes, "
@@ -338,8 +509,24 @@ def fixtures(quick):
          "args": ["-machine", "suppress-vmdesc=off"], "seed": "i440fx-2.2-7.2.mig", "features": ["paused", "old-machine"],
          "notes": "twin of i440fx-2.2-7.2.mig (same machine, devices and RAM) that has a vmdesc"},
     ]
+    mfd = []
+    for v in ("7.2", "10.0"):
+        for n, comp in ((2, "none"), (3, "zstd"), (2, "zlib"), (3, "none")):
+            suffix = "" if comp == "none" else f"-{comp}"
+            mfd.append({"file": f"multifd{n}{suffix}-{v}.mig", "qemu": v, "machine": f"pc-q35-{v}",
+                        "run_s": 0.5, "multifd": {"channels": n, "compression": comp},
+                        "features": ["ran-guest", "multifd"] + ([comp] if comp != "none" else []),
+                        "notes": f"multifd, {n} channels, compression {comp}, over a unix socket: the main "
+                                 f"channel here, channel K in .multifdK; .pmem is the source's memory "
+                                 f"from 1 MiB after the migration"})
+        mfd.append({"file": f"multifd-rounds-{v}.mig", "qemu": v, "machine": f"pc-q35-{v}", "memory_mb": 128,
+                    "dirtier": True, "run_s": 1.0, "multifd": {"channels": 2, "compression": "none"},
+                    "features": ["ran-guest", "multifd", "multi-round"],
+                    "notes": f"multifd, 2 channels, while a multiboot guest keeps incrementing a dword in every "
+                             f"page of {DIRTY_START:#x}-{DIRTY_END:#x}: bandwidth limited until 6 dirty syncs, "
+                             f"so pages are re-sent across sync rounds and channels"})
     if quick:
-        return q
+        return q + mapped_ram_fixtures()[:1] + [m for m in mfd if m["file"] == "multifd3-zstd-10.0.mig"]
     full = []
     for v, pc, q35 in (("7.2", "pc-i440fx-7.2", "pc-q35-7.2"), ("10.0", "pc-i440fx-10.0", "pc-q35-10.0")):
         full += [
@@ -367,7 +554,7 @@ def fixtures(quick):
                       f"{DIRTY_START:#x}-{DIRTY_END:#x}; xbzrle on, bandwidth limited to 32 MiB/s until 6 dirty "
                       f"syncs, then the guest is paused so the last round drains"},
         ]
-    full += [
+    full += mfd + [
         q[2],
         q[3],
         {"file": "i440fx-2.3-7.2.mig", "qemu": "7.2", "machine": "pc-i440fx-2.3", "features": ["paused", "old-machine"],
@@ -384,7 +571,58 @@ def fixtures(quick):
         {"file": "file-10.0.mig", "qemu": "10.0", "machine": "pc-q35-10.0", "devices": ["virtio"], "run_s": 0.5,
          "features": ["ran-guest", "virtio", "file-migration"], "notes": "migrated with a file: URI"},
     ]
-    return full
+    return full + mapped_ram_fixtures()
+
+
+def mapped_ram_fixtures():
+    """QEMU 10.0 file: migrations with mapped-ram, alone and with multifd (whose
+    channels write their pages into the same file): a guest that ran, then paused."""
+    return [
+        {"file": "mapped-ram-10.0.mig", "qemu": "10.0", "machine": "pc-q35-10.0", "memory_mb": 48,
+         "run_s": 0.5, "stop_first": True, "caps": ["mapped-ram"],
+         "features": ["ran-guest", "file-migration", "mapped-ram"],
+         "notes": "guest ran ~0.5 s, paused, then migrated to file: with mapped-ram"},
+        {"file": "mapped-ram-multifd-10.0.mig", "qemu": "10.0", "machine": "pc-q35-10.0", "memory_mb": 48,
+         "devices": ["virtio"], "run_s": 0.5, "stop_first": True, "caps": ["mapped-ram", "multifd"],
+         "multifd_channels": 3, "features": ["ran-guest", "file-migration", "mapped-ram", "multifd", "virtio"],
+         "notes": "guest ran ~0.5 s, paused, then migrated to file: with mapped-ram and 3 multifd channels"},
+    ]
+
+
+ARM_ANALYZE = ("; analyze-migration.py stops at the configuration's target-page-bits subsection "
+               "(\"Unknown section type: 5\")")
+
+
+def arch_fixtures():
+    """A QEMU 7.2 block migration (its `block` iterative sections), and paused guests of
+    the other architectures QEMU 7.2 migrates (TCG), each after it ran its firmware
+    (or, without firmware, its reset vector) for a moment."""
+    return [
+        {"file": "blockmig-7.2.mig", "qemu": "7.2", "machine": "pc-q35-7.2", "devices": ["block"], "caps": ["block"],
+         "features": ["paused", "block", "block-migration", "analyze-migration-fails"],
+         "notes": "block migration (capability block, QEMU <= 9.0): the 16 MiB virtio-blk disk travels in "
+                  "`block` sections; analyze-migration.py reads no `block` section"},
+        {"file": "aarch64-a57-7.2.mig", "qemu": "7.2", "arch": "aarch64", "machine": "virt-7.2", "memory_mb": 32,
+         "args": ["-cpu", "cortex-a57"], "run_s": 0.2, "features": ["ran-guest", "arch", "analyze-migration-fails"],
+         "notes": "aarch64 virt, cortex-a57, no firmware" + ARM_ANALYZE},
+        {"file": "aarch64-max-7.2.mig", "qemu": "7.2", "arch": "aarch64", "machine": "virt-7.2", "memory_mb": 32,
+         "args": ["-cpu", "max"], "run_s": 0.2, "features": ["ran-guest", "arch", "analyze-migration-fails"],
+         "notes": "aarch64 virt, cpu max (SVE, pointer authentication)" + ARM_ANALYZE},
+        {"file": "arm-7.2.mig", "qemu": "7.2", "arch": "arm", "machine": "virt-7.2", "memory_mb": 32,
+         "run_s": 0.2, "features": ["ran-guest", "arch", "analyze-migration-fails"],
+         "notes": "32-bit arm virt (cortex-a15), no firmware" + ARM_ANALYZE},
+        {"file": "riscv64-7.2.mig", "qemu": "7.2", "arch": "riscv64", "machine": "virt", "memory_mb": 32,
+         "run_s": 0.2, "features": ["ran-guest", "arch"], "notes": "riscv64 virt, OpenSBI"},
+        {"file": "ppc64-7.2.mig", "qemu": "7.2", "arch": "ppc64", "machine": "pseries-7.2", "memory_mb": 256,
+         "run_s": 0.2, "features": ["ran-guest", "arch", "spapr-htab"],
+         "notes": "ppc64 pseries, SLOF (256 MiB: the smallest pseries RAM SLOF takes); spapr/htab sections"},
+        {"file": "s390x-7.2.mig", "qemu": "7.2", "arch": "s390x", "machine": "s390-ccw-virtio-7.2", "memory_mb": 32,
+         "args": ["-action", "panic=pause"], "run_s": 0.2,
+         "features": ["ran-guest", "arch", "s390-storage-attributes", "analyze-migration-fails"],
+         "notes": "s390x, s390-ccw BIOS until it finds no boot device (guest-panicked, paused); "
+                  "s390-storage_attributes sections; analyze-migration.py fails on s390_css, whose vmdesc describes "
+                  "its 256 channel subsystem pointers as empty structs"},
+    ]
 
 
 def gen(outdir, quick):
@@ -393,7 +631,7 @@ def gen(outdir, quick):
     manifest, failed = [], 0
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="qemu-tool-") as tmp:
-        for spec in fixtures(quick):
+        for spec in fixtures(quick) + arch_fixtures():
             t = time.monotonic()
             try:
                 e = make(outdir, spec, tmp)
@@ -417,20 +655,26 @@ def gen(outdir, quick):
 
 
 def load(a):
-    version = qemu_version(a.qemu)
+    version = qemu_version(a.qemu, a.arch)
     if not version or not version.startswith(a.qemu + "."):
-        print(f"qemu_tool load: QEMU {a.qemu} is not available ({QEMU[a.qemu]})", file=sys.stderr)
+        print(f"qemu_tool load: QEMU {a.qemu} is not available ({binary(a.qemu, a.arch)})", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="qemu-tool-") as tmp:
         sock = os.path.join(tmp, "load.sock")
         try:
             proc, qmp = start(a.qemu, a.machine, a.memory_mb, json.loads(a.args_json),
-                              ["-S", "-incoming", "defer"], sock)
+                              ["-S", "-incoming", "defer"], sock, a.arch)
         except Exception as err:  # noqa: BLE001 - show QEMU's own words
             print(f"qemu_tool load: {err}", file=sys.stderr)
             return 1
+        caps = [c for c in (a.caps or "").split(",") if c]
+        mapped = "mapped-ram" in caps
+        if a.channel:
+            return load_channel_set(a, proc, qmp, tmp)
         try:
-            qmp.cmd("migrate-incoming", uri="exec:cat " + shlex.quote(os.path.abspath(a.stream)))
+            set_caps(qmp, caps, a.multifd_channels)
+            src = os.path.abspath(a.stream)
+            qmp.cmd("migrate-incoming", uri=f"file:{src}" if mapped else "exec:cat " + shlex.quote(src))
             deadline = time.monotonic() + 240
             while True:
                 mig = qmp.cmd("query-migrate").get("status")
@@ -439,7 +683,8 @@ def load(a):
                 if mig == "failed" or time.monotonic() > deadline:
                     raise RuntimeError(f"incoming migration {mig or 'did not start'}")
                 time.sleep(0.02)
-            qmp.cmd("migrate", uri="exec:cat > " + shlex.quote(os.path.abspath(a.remigrate)))
+            out = os.path.abspath(a.remigrate)
+            qmp.cmd("migrate", uri=f"file:{out}" if mapped else "exec:cat > " + shlex.quote(out))
             qmp.wait_migration()
         except Exception as err:  # noqa: BLE001 - show QEMU's own words
             stop(proc, qmp)
@@ -447,6 +692,40 @@ def load(a):
                   file=sys.stderr)
             return 1
         stop(proc, qmp)
+    return 0
+
+
+def load_channel_set(a, proc, qmp, tmp):
+    """Loads a multifd channel set: multifd on with as many channels as given, the
+    main channel and each channel capture replayed over a unix socket into
+    migrate-incoming; then writes the loaded guest's memory from PMEM_START to
+    a.pmemsave."""
+    try:
+        multifd_setup(qmp, len(a.channel), a.multifd_compression)
+        sock = os.path.join(tmp, "incoming.sock")
+        qmp.cmd("migrate-incoming", uri=f"unix:{sock}")
+        threads, errors = replay(sock, os.path.abspath(a.stream), [os.path.abspath(c) for c in a.channel])
+        deadline = time.monotonic() + 240
+        while True:
+            mig = qmp.cmd("query-migrate").get("status")
+            if mig == "completed":
+                break
+            if mig == "failed" or time.monotonic() > deadline:
+                raise RuntimeError(f"incoming migration {mig or 'did not start'}")
+            time.sleep(0.02)
+        for t in threads:
+            t.join(60)
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        if a.pmemsave:
+            qmp.cmd("pmemsave", val=PMEM_START, size=(a.memory_mb << 20) - PMEM_START,
+                    filename=os.path.abspath(a.pmemsave))
+    except Exception as err:  # noqa: BLE001 - show QEMU's own words
+        stop(proc, qmp)
+        print(f"qemu_tool load: channel set {a.stream} into QEMU {a.qemu} {a.machine}: {with_stderr(err, proc)}",
+              file=sys.stderr)
+        return 1
+    stop(proc, qmp)
     return 0
 
 
@@ -462,8 +741,17 @@ def main():
     ld.add_argument("--machine", required=True)
     ld.add_argument("--args-json", default="[]", help="JSON list of extra QEMU arguments (the manifest's args)")
     ld.add_argument("--memory-mb", type=int, default=64)
-    ld.add_argument("--remigrate", required=True, help="where to write the stream QEMU migrates out")
+    ld.add_argument("--remigrate", help="where to write the stream QEMU migrates out (not for channel sets)")
+    ld.add_argument("--channel", action="append", default=[],
+                    help="a multifd channel of STREAM (repeat for each): the set is replayed over a unix socket")
+    ld.add_argument("--multifd-compression", default="none", help="with --channel: none, zlib or zstd")
+    ld.add_argument("--pmemsave", help="with --channel: where to write the loaded guest's memory from 1 MiB")
+    ld.add_argument("--caps", help="comma-separated migration capabilities to turn on (the manifest's caps)")
+    ld.add_argument("--multifd-channels", type=int, help="multifd channel count (the manifest's multifd_channels)")
+    ld.add_argument("--arch", help="guest architecture other than x86_64 (the manifest's arch)")
     a = ap.parse_args()
+    if a.cmd == "load" and not a.channel and not a.remigrate:
+        ap.error("load needs --remigrate (or --channel for a multifd channel set)")
     return gen(a.outdir, a.quick) if a.cmd == "gen" else load(a)
 
 

@@ -23,6 +23,24 @@ pub(crate) struct Cli {
     /// 2.2, postcopy): a twin QEMU stream with a vmdesc trailer, or its JSON.
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) vmdesc: Option<PathBuf>,
+
+    /// A multifd channel of the QEMU main channel read (repeat it for each
+    /// channel, in any order): the channel set is read as one migration. For
+    /// `diff`, the channels of the first stream.
+    #[arg(long = "channel", global = true, value_name = "FILE")]
+    pub(crate) channels: Vec<PathBuf>,
+    /// Guest architecture of a QEMU stream, where the stream does not say it
+    /// (x86_64, aarch64, arm, riscv64, ppc64, s390x, ...; see docs/format.md):
+    /// taken over what the stream shows.
+    #[arg(long, global = true, value_name = "ARCH", value_parser = parse_arch)]
+    pub(crate) arch: Option<vmstream::Arch>,
+}
+
+fn parse_arch(s: &str) -> Result<vmstream::Arch, String> {
+    vmstream::Arch::from_name(s).ok_or_else(|| {
+        let names: Vec<String> = vmstream::Arch::ALL.iter().map(|a| a.name()).collect();
+        format!("unknown architecture {s:?} (one of {})", names.join(", "))
+    })
 }
 
 impl Cli {
@@ -86,8 +104,9 @@ pub(crate) struct RelaySendArgs {
     /// Where the receiving relay listens.
     #[arg(long)]
     pub(crate) to: String,
-    /// Data channels that carry the guest's pages.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=64))]
+    /// Data channels that carry the guest's pages (a return channel for
+    /// QEMU's return path comes on top).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=63))]
     pub(crate) data_channels: u16,
     /// Compatibility transforms (a rules file) applied in flight.
     #[arg(long)]
@@ -349,6 +368,9 @@ pub(crate) struct DiffArgs {
     pub(crate) a: PathBuf,
     /// Second stream.
     pub(crate) b: PathBuf,
+    /// A multifd channel of the second stream (repeat it for each channel).
+    #[arg(long = "b-channel", value_name = "FILE")]
+    pub(crate) b_channels: Vec<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub(crate) json: bool,

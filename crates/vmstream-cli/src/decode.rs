@@ -10,6 +10,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value as Json};
@@ -18,7 +19,7 @@ use vmstream::write::is_zero;
 use vmstream::{
     Arch, DeviceState, Header, RamBlock, Record, StreamKind, StreamWriter, Value, WriterOptions,
 };
-use vmstream_qemu::{Event, Sink};
+use vmstream_qemu::{Event, ImageBlock, MemoryImage, Sink};
 
 use crate::args::{DecodeArgs, EncodeArgs, ExtractArgs, RamRange};
 use crate::input::{self, Opts};
@@ -30,31 +31,12 @@ const DECODE_LAYOUT: u64 = 1;
 /// part and the largest data pad (docs/format.md §6.2).
 const BATCH_OVERHEAD: u64 = 24 + 63;
 
-/// One RAM block's output file and which pages hold data written so far.
-/// The file holds the block's pages `base .. base + pages` (all of them, but
-/// for `extract --range`); pages outside are passed over.
+/// One RAM block's output file. The file holds the block's pages
+/// `base .. base + pages` (all of them, but for `extract --range`).
 struct BlockFile {
     block: RamBlock,
     file_name: String,
-    /// `None` when the file holds no page.
-    file: Option<File>,
     base: u64,
-    pages: u64,
-    written: Vec<u64>,
-}
-
-impl BlockFile {
-    /// The file, for a page inside the window.
-    fn file(&self) -> Result<&File> {
-        self.file
-            .as_ref()
-            .context("page outside the extracted range")
-    }
-
-    /// Where page `index` sits in the file, if the file holds it.
-    fn slot(&self, index: u64) -> Option<u64> {
-        index.checked_sub(self.base).filter(|&i| i < self.pages)
-    }
 }
 
 /// The range of one block `extract --range` keeps, in whole pages.
@@ -64,58 +46,52 @@ struct Window {
     block: Option<u32>,
 }
 
-/// Applies pages to one raw file per RAM block, in stream order: a later page
-/// replaces an earlier one, a zero page over data writes zeros, and pages never
-/// written stay holes in a sparse file.
+/// One raw file per RAM block, which the pages are applied to in stream order
+/// by the one [`MemoryImage`] every reader of QEMU pages shares.
 struct RamFiles {
     dir: PathBuf,
     page_size: u64,
     blocks: BTreeMap<u32, BlockFile>,
     used_names: HashSet<String>,
-    zeros: Vec<u8>,
-    /// Consecutive data pages not yet written.
-    run: Run,
-    /// Block of the last page seen, for QEMU records that leave their block out.
-    last_block: Option<u32>,
-    /// Bytes of page bitmaps still allowed (`Limits::max_alloc`).
-    bitmap_left: u64,
+    image: MemoryImage,
     /// Only this range is kept, in an anonymous file in `dir`.
     window: Option<Window>,
 }
 
-/// Consecutive data pages of one block, written together.
-#[derive(Default)]
-struct Run {
-    block: u32,
-    /// File offset of the first page.
-    start: u64,
-    data: Vec<u8>,
-}
-
-/// Most bytes gathered into one write.
-const MAX_RUN: usize = 1 << 20;
-
 impl RamFiles {
-    fn new(dir: &Path, page_size: u32, limits: &vmstream::Limits) -> RamFiles {
-        RamFiles {
-            bitmap_left: limits.max_alloc,
+    fn new(dir: &Path, page_size: u32, limits: &vmstream::Limits) -> Result<RamFiles> {
+        Ok(RamFiles {
             dir: dir.to_owned(),
             page_size: page_size.into(),
             blocks: BTreeMap::new(),
             used_names: HashSet::new(),
-            zeros: vec![0; page_size as usize],
-            run: Run::default(),
-            last_block: None,
+            image: MemoryImage::new(page_size.into(), limits.max_alloc)?,
             window: None,
+        })
+    }
+
+    /// Sets the page size, before any RAM block is known (a QEMU stream says
+    /// its target page size before its block list).
+    fn set_page_size(&mut self, page_size: u64) -> Result<()> {
+        if !self.blocks.is_empty() {
+            anyhow::bail!("the page size changed after RAM blocks were defined");
         }
+        self.image.set_page_size(page_size)?;
+        self.page_size = page_size;
+        Ok(())
     }
 
     /// Keeps only `range` (whole pages of it), in an anonymous file in `dir`.
-    fn windowed(dir: &Path, page_size: u32, limits: &vmstream::Limits, range: RamRange) -> Self {
-        RamFiles {
+    fn windowed(
+        dir: &Path,
+        page_size: u32,
+        limits: &vmstream::Limits,
+        range: RamRange,
+    ) -> Result<Self> {
+        Ok(RamFiles {
             window: Some(Window { range, block: None }),
-            ..RamFiles::new(dir, page_size, limits)
-        }
+            ..RamFiles::new(dir, page_size, limits)?
+        })
     }
 
     fn add(&mut self, b: RamBlock) -> Result<()> {
@@ -139,8 +115,7 @@ impl RamFiles {
             }
             Some(_) => (0, 0),
         };
-        let written =
-            input::page_table(&mut self.bitmap_left, &b.name, b.size, pages.div_ceil(64))?;
+        self.image.check_room(&b.name, b.size, pages)?;
         let (file_name, file) = if self.window.is_some() {
             let file = (pages > 0)
                 .then(|| {
@@ -172,15 +147,19 @@ impl RamFiles {
                 .with_context(|| format!("cannot size {}", path.display()))?;
             (file_name, Some(file))
         };
+        self.image.add_blocks(vec![ImageBlock {
+            id: b.id,
+            name: b.name.clone(),
+            size: b.size,
+            file: file.map(|f| (Arc::new(f), 0)),
+            keep: Some(base..base + pages),
+        }])?;
         self.blocks.insert(
             b.id,
             BlockFile {
                 block: b,
                 file_name,
-                file,
                 base,
-                pages,
-                written,
             },
         );
         Ok(())
@@ -188,65 +167,14 @@ impl RamFiles {
 
     fn apply(&mut self, batch: &vmstream::PageBatch<'_>) -> Result<()> {
         for p in batch.pages() {
-            self.page(batch.block, p.index, p.data)?;
-        }
-        Ok(())
-    }
-
-    /// Applies one page (`None`: a zero page). Data pages are gathered into
-    /// runs; [`RamFiles::flush`] writes the last one.
-    fn page(&mut self, block: u32, index: u64, data: Option<&[u8]>) -> Result<()> {
-        let ps = self.page_size;
-        self.last_block = Some(block);
-        let Some(bf) = self.blocks.get(&block) else {
-            bail!("page of unknown RAM block {block}");
-        };
-        if index >= bf.block.size / ps {
-            bail!("page {index} is beyond RAM block {:?}", bf.block.name);
-        }
-        let Some(slot) = bf.slot(index) else {
-            return Ok(());
-        };
-        let at = slot * ps;
-        let run = &self.run;
-        if !run.data.is_empty()
-            && (run.block != block
-                || run.start + run.data.len() as u64 != at
-                || data.is_none()
-                || run.data.len() >= MAX_RUN)
-        {
-            self.flush()?;
-        }
-        let Some(bf) = self.blocks.get_mut(&block) else {
-            bail!("page of unknown RAM block {block}");
-        };
-        let (word, bit) = ((slot / 64) as usize, slot % 64);
-        match data {
-            Some(d) => {
-                if self.run.data.is_empty() {
-                    (self.run.block, self.run.start) = (block, at);
-                }
-                self.run.data.extend_from_slice(d);
-                bf.written[word] |= 1 << bit;
-            }
-            None if bf.written[word] & (1 << bit) != 0 => {
-                bf.file()?.write_all_at(&self.zeros, at)?;
-                bf.written[word] &= !(1 << bit);
-            }
-            None => {}
+            self.image.page(batch.block, p.index, p.data)?;
         }
         Ok(())
     }
 
     /// Writes the pages gathered so far.
     fn flush(&mut self) -> Result<()> {
-        let run = &mut self.run;
-        if !run.data.is_empty() {
-            let bf = self.blocks.get(&run.block).context("unknown RAM block")?;
-            bf.file()?.write_all_at(&run.data, run.start)?;
-            run.data.clear();
-        }
-        Ok(())
+        Ok(self.image.flush()?)
     }
 
     /// Applies a QEMU RAM record kept as it came in a vmstream record.
@@ -264,41 +192,13 @@ impl RamFiles {
             }
             None => bail!("short QEMU RAM record"),
         };
-        self.update(header, name, payload)
+        Ok(self.image.update(header, name, payload)?)
     }
 
-    /// Applies a QEMU RAM record that updates a page (XBZRLE, compressed page,
-    /// non-zero fill) to the page as written so far.
-    fn update(&mut self, header: u64, name: Option<&[u8]>, payload: &[u8]) -> Result<()> {
-        let ps = self.page_size;
-        let Some(update) = vmstream_qemu::ram::page_update(header, payload, ps)? else {
-            return Ok(());
-        };
-        self.flush()?;
-        let block = match name {
-            Some(n) => self
-                .blocks
-                .iter()
-                .find(|(_, b)| b.block.name.as_bytes() == n)
-                .map(|(id, _)| *id),
-            None => self.last_block,
-        }
-        .context("QEMU RAM record of an unknown block")?;
-        self.last_block = Some(block);
-        let bf = self.blocks.get_mut(&block).context("unknown block")?;
-        let index = (header & !(ps - 1)) / ps;
-        if index >= bf.block.size / ps {
-            bail!("page {index} is beyond RAM block {:?}", bf.block.name);
-        }
-        let Some(slot) = bf.slot(index) else {
-            return Ok(());
-        };
-        let mut page = vec![0u8; ps as usize];
-        bf.file()?.read_exact_at(&mut page, slot * ps)?;
-        vmstream_qemu::ram::apply(update, &mut page)?;
-        bf.file()?.write_all_at(&page, slot * ps)?;
-        bf.written[(slot / 64) as usize] |= 1 << (slot % 64);
-        Ok(())
+    /// The file of the block `extract --range` keeps.
+    fn window_file(&self) -> Option<(&BlockFile, &File)> {
+        let id = self.window.as_ref()?.block?;
+        Some((self.blocks.get(&id)?, self.image.file(id)?))
     }
 
     fn describe(&self) -> Vec<Json> {
@@ -347,13 +247,17 @@ fn prepare_dir(dir: &Path) -> Result<()> {
 
 pub(crate) fn decode(args: &DecodeArgs, opts: &Opts) -> Result<ExitCode> {
     prepare_dir(&args.out)?;
-    let (format, mut r) = input::records(&args.file, opts)?;
-    let h = r.header().clone();
-    let mut ram = RamFiles::new(&args.out, h.page_size, &opts.limits);
+    let mut ram = None;
     let mut info = Json::Null;
     let mut schemas = Vec::new();
     let mut devices = Vec::new();
-    while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
+    let read = input::each_record(&args.file, opts, &mut |h, item| {
+        if ram.is_none() {
+            ram = Some(RamFiles::new(&args.out, h.page_size, &opts.limits)?);
+        }
+        let Some(ram) = ram.as_mut() else {
+            return Ok(());
+        };
         match item.record {
             Record::Info(v) => info = v.to_json(),
             Record::Schema(s) => schemas.push(
@@ -365,14 +269,19 @@ pub(crate) fn decode(args: &DecodeArgs, opts: &Opts) -> Result<ExitCode> {
             })),
             Record::RamBlocks(blocks) => {
                 for b in blocks {
-                    ram.add(b)
-                        .with_context(|| args.file.display().to_string())?;
+                    ram.add(b)?;
                 }
             }
             Record::Pages(batch) => ram.apply(&batch)?,
             _ => {}
         }
-    }
+        Ok(())
+    })?;
+    let (format, h) = (read.format, read.header);
+    let mut ram = match ram {
+        Some(ram) => ram,
+        None => RamFiles::new(&args.out, h.page_size, &opts.limits)?,
+    };
     ram.flush()?;
     let doc = json!({
         "vmstream_decode": DECODE_LAYOUT,
@@ -619,18 +528,71 @@ pub(crate) fn extract(args: &ExtractArgs, opts: &Opts) -> Result<ExitCode> {
 
 /// Reads the whole stream at `path` into the `RamFiles` that `ram(page_size)`
 /// makes, and flushes them.
-fn stream_ram(path: &Path, opts: &Opts, ram: impl FnOnce(u32) -> RamFiles) -> Result<RamFiles> {
-    let (format, input) = input::open(path)?;
+fn stream_ram(
+    path: &Path,
+    opts: &Opts,
+    make_ram: impl FnOnce(u32) -> Result<RamFiles>,
+) -> Result<RamFiles> {
     let what = || path.display().to_string();
+    let mut make_ram = Some(make_ram);
+    if input::is_vmstream_file(path) {
+        // a file is read in place (through a mapping) by the record reader
+        let mut ram = None;
+        let mut signs = vmstream_qemu::MultifdSigns::default();
+        let read = input::each_record(path, opts, &mut |h, item| {
+            if let Some(make) = make_ram.take() {
+                ram = Some(make(h.page_size)?);
+            }
+            let Some(ram) = ram.as_mut() else {
+                return Ok(());
+            };
+            signs.observe_record(&item.record);
+            if signs.flush_records > 0 {
+                if let Some(why) = signs.pages_elsewhere() {
+                    anyhow::bail!(
+                        "the memory image is not in this stream alone: {why}; convert the channel set with --channel FILE"
+                    );
+                }
+            }
+            match item.record {
+                Record::RamBlocks(blocks) => {
+                    for b in blocks {
+                        ram.add(b)?;
+                    }
+                }
+                Record::Pages(batch) => ram.apply(&batch)?,
+                Record::Other(raw) if raw.kind == vmstream_qemu::mapping::kinds::RAM_RECORD => {
+                    ram.apply_qemu(raw.body).with_context(|| {
+                        format!("record {} at offset {:#x}", raw.index, raw.offset)
+                    })?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        // a converted QEMU 8.0-or-older main channel shows it only at its end
+        let framed = read.header.optional_features & vmstream::header::FEATURE_QEMU_FRAMING != 0;
+        if let (true, Some(why)) = (framed, signs.pages_elsewhere()) {
+            anyhow::bail!(
+                "{}: the memory image is not in this stream alone: {why}; convert the channel set with --channel FILE",
+                what()
+            );
+        }
+        let mut ram = ram.context("no records")?;
+        ram.flush().with_context(what)?;
+        return Ok(ram);
+    }
+    let ram = make_ram.take().context("no RAM files")?;
+    let (format, input) = input::open(path)?;
     let mut ram = match format {
         // straight from the QEMU reader's events: no conversion in between
         input::Format::Qemu => {
-            let copts = opts.convert_options(path, false)?;
+            let events = input::events(format, input, path, opts, false)?.need_image();
             let mut sink = ExtractSink {
-                ram: ram(4096),
+                ram: ram(events.page_size() as u32)?,
                 failed: None,
             };
-            let r = vmstream_qemu::read_qemu(input, &mut sink, &copts);
+            let r = events.run(&mut sink);
             if let Some(e) = sink.failed {
                 // the reader knows where in the stream the sink failed
                 let at = r.err().map(|re| format!(" (at {})", re.location()));
@@ -641,8 +603,18 @@ fn stream_ram(path: &Path, opts: &Opts, ram: impl FnOnce(u32) -> RamFiles) -> Re
         }
         input::Format::Vmstream => {
             let mut r = input::reader(input, path, opts)?;
-            let mut ram = ram(r.header().page_size);
+            let mut ram = ram(r.header().page_size)?;
+            let mut signs = vmstream_qemu::MultifdSigns::default();
             while let Some(item) = r.next().with_context(what)? {
+                signs.observe_record(&item.record);
+                if signs.flush_records > 0 {
+                    if let Some(why) = signs.pages_elsewhere() {
+                        anyhow::bail!(
+                            "{}: the memory image is not in this stream alone: {why}; convert the channel set with --channel FILE",
+                            what()
+                        );
+                    }
+                }
                 match item.record {
                     Record::RamBlocks(blocks) => {
                         for b in blocks {
@@ -657,6 +629,14 @@ fn stream_ram(path: &Path, opts: &Opts, ram: impl FnOnce(u32) -> RamFiles) -> Re
                     }
                     _ => {}
                 }
+            }
+            // a converted QEMU 8.0-or-older main channel shows it only at its end
+            let framed = r.header().optional_features & vmstream::header::FEATURE_QEMU_FRAMING != 0;
+            if let (true, Some(why)) = (framed, signs.pages_elsewhere()) {
+                anyhow::bail!(
+                    "{}: the memory image is not in this stream alone: {why}; convert the channel set with --channel FILE",
+                    what()
+                );
             }
             ram
         }
@@ -682,21 +662,18 @@ fn extract_range(args: &ExtractArgs, range: &RamRange, opts: &Opts) -> Result<Ex
             RamFiles::windowed(&dir, ps, &opts.limits, range.clone())
         })?,
     };
-    let bf = ram
-        .window
-        .as_ref()
-        .and_then(|w| w.block)
-        .and_then(|id| ram.blocks.get(&id))
+    let (bf, file) = ram
+        .window_file()
         .with_context(|| format!("{}: no RAM block named {:?}", what(), range.block))?;
     let from = range.offset - bf.base * ram.page_size;
     if to_stdout {
-        copy_out(bf.file()?, from, range.len, &mut std::io::stdout().lock())?;
+        copy_out(file, from, range.len, &mut std::io::stdout().lock())?;
     } else {
         // written beside the output and renamed over it once complete
         let tmp = tempfile::NamedTempFile::new_in(&dir)
             .with_context(|| format!("cannot create a file in {}", dir.display()))?;
         let mut out = tmp.reopen()?;
-        copy_out(bf.file()?, from, range.len, &mut out)?;
+        copy_out(file, from, range.len, &mut out)?;
         tmp.persist(&args.out)
             .with_context(|| format!("cannot create {}", args.out.display()))?;
     }
@@ -735,7 +712,7 @@ fn seek_range(
         .with_context(|| format!("{}: no RAM block named {:?}", what(), range.block))?;
     let id = block.id;
     let page_size = r.header().page_size;
-    let mut ram = RamFiles::windowed(dir, page_size, &opts.limits, range.clone());
+    let mut ram = RamFiles::windowed(dir, page_size, &opts.limits, range.clone())?;
     ram.add(block).with_context(what)?;
     let ps = u64::from(page_size);
     let pages = range.offset / ps..=(range.offset + range.len - 1) / ps;
@@ -810,18 +787,28 @@ struct ExtractSink {
 impl ExtractSink {
     fn apply(&mut self, event: &Event<'_>) -> Result<()> {
         match *event {
+            Event::Target { page_size, .. } => self.ram.set_page_size(page_size)?,
             Event::RamBlocks { blocks, .. } => {
                 let ps = self.ram.page_size as u32;
                 for b in vmstream_qemu::mapping::vmstream_blocks(blocks, ps) {
                     self.ram.add(b)?;
                 }
             }
-            Event::Page { block, index, data } => self.ram.page(block, index, data)?,
+            // a mapped-ram stream's blocks come one at a time
+            Event::MappedBlock { index, block, .. } => {
+                let ps = self.ram.page_size as u32;
+                let b = vmstream_qemu::mapping::vmstream_blocks(std::slice::from_ref(block), ps);
+                for mut b in b {
+                    b.id = index;
+                    self.ram.add(b)?;
+                }
+            }
+            Event::Page { block, index, data } => self.ram.image.page(block, index, data)?,
             Event::RamRecord {
                 header,
                 name,
                 payload,
-            } => self.ram.update(header, name, payload)?,
+            } => self.ram.image.update(header, name, payload)?,
             _ => {}
         }
         Ok(())

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 use vmstream::{DeviceState, Record, Value};
 
@@ -29,31 +29,29 @@ fn fingerprint(data: &[u8]) -> u64 {
 }
 
 fn load(path: &Path, opts: &Opts) -> Result<Snapshot> {
-    let (_, mut r) = input::image_records(path, opts)?;
-    let page_size = u64::from(r.header().page_size);
     let mut budget = opts.limits.max_alloc;
     let mut snap = Snapshot {
         devices: BTreeMap::new(),
         blocks: BTreeMap::new(),
     };
     let mut names: BTreeMap<u32, String> = BTreeMap::new();
-    while let Some(item) = r.next().with_context(|| path.display().to_string())? {
+    input::each_image_record(path, opts, &mut |header, item| {
         match item.record {
             Record::Device(d) => {
                 snap.devices.insert((d.name.clone(), d.instance_id), d);
             }
             Record::RamBlocks(blocks) => {
+                let page_size = u64::from(header.page_size);
                 for b in blocks {
                     let pages = b.size / page_size;
-                    let fps = input::page_table(&mut budget, &b.name, b.size, pages)
-                        .with_context(|| path.display().to_string())?;
+                    let fps = input::page_table(&mut budget, &b.name, b.size, pages)?;
                     names.insert(b.id, b.name.clone());
                     snap.blocks.insert(b.name, (b.size, fps));
                 }
             }
             Record::Pages(batch) => {
                 let Some(fps) = names.get(&batch.block).and_then(|n| snap.blocks.get_mut(n)) else {
-                    continue;
+                    return Ok(());
                 };
                 for p in batch.pages() {
                     if let Some(slot) = fps.1.get_mut(p.index as usize) {
@@ -63,7 +61,8 @@ fn load(path: &Path, opts: &Opts) -> Result<Snapshot> {
             }
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(snap)
 }
 
@@ -104,7 +103,11 @@ fn show(v: &Option<Value>) -> String {
 
 pub(crate) fn diff(args: &DiffArgs, opts: &Opts) -> Result<ExitCode> {
     let a = load(&args.a, opts)?;
-    let b = load(&args.b, opts)?;
+    let b_opts = Opts {
+        channels: args.b_channels.clone(),
+        ..opts.clone()
+    };
+    let b = load(&args.b, &b_opts)?;
     let mut device_diffs = Vec::new();
     let mut text = Vec::new();
     for (key, da) in &a.devices {

@@ -44,39 +44,34 @@ struct Summary {
     epochs: u64,
     bytes: u64,
     info: Option<vmstream::Value>,
+    multifd: vmstream_qemu::MultifdSigns,
 }
 
 fn summarize(path: &std::path::Path, opts: &Opts) -> Result<Summary> {
-    let (format, mut r) = input::records(path, opts)?;
-    let header = r.header().clone();
-    let page_size = u64::from(header.page_size);
     let mut budget = opts.limits.max_alloc;
-    let mut s = Summary {
-        format,
-        header,
-        counts: BTreeMap::new(),
-        devices: Vec::new(),
-        blocks: BTreeMap::new(),
-        epochs: 0,
-        bytes: 0,
-        info: None,
-    };
-    while let Some(item) = r.next().with_context(|| path.display().to_string())? {
-        *s.counts.entry(item.kind.name()).or_default() += 1;
+    let mut counts = BTreeMap::new();
+    let mut devices = Vec::new();
+    let mut blocks = BTreeMap::new();
+    let mut epochs = 0;
+    let mut info = None;
+    let mut multifd = vmstream_qemu::MultifdSigns::default();
+    let read = input::each_record(path, opts, &mut |header, item| {
+        *counts.entry(item.kind.name()).or_default() += 1;
+        multifd.observe_record(&item.record);
         match item.record {
-            Record::Info(v) => s.info = Some(v),
-            Record::Device(d) => s.devices.push(DeviceRow {
+            Record::Info(v) => info = Some(v),
+            Record::Device(d) => devices.push(DeviceRow {
                 size: item.framed_len,
                 name: d.name,
                 instance_id: d.instance_id,
                 type_name: d.type_name,
                 version: d.version,
             }),
-            Record::RamBlocks(blocks) => {
-                for b in blocks {
-                    let last = input::page_table(&mut budget, &b.name, b.size, b.size / page_size)
-                        .with_context(|| path.display().to_string())?;
-                    s.blocks.insert(
+            Record::RamBlocks(list) => {
+                let page_size = u64::from(header.page_size);
+                for b in list {
+                    let last = input::page_table(&mut budget, &b.name, b.size, b.size / page_size)?;
+                    blocks.insert(
                         b.id,
                         BlockStats {
                             name: b.name,
@@ -90,7 +85,7 @@ fn summarize(path: &std::path::Path, opts: &Opts) -> Result<Summary> {
                 }
             }
             Record::Pages(batch) => {
-                if let Some(st) = s.blocks.get_mut(&batch.block) {
+                if let Some(st) = blocks.get_mut(&batch.block) {
                     for p in batch.pages() {
                         let slot = st.last.get_mut(p.index as usize);
                         match p.data {
@@ -110,12 +105,22 @@ fn summarize(path: &std::path::Path, opts: &Opts) -> Result<Summary> {
                     }
                 }
             }
-            Record::Epoch(_) => s.epochs += 1,
+            Record::Epoch(_) => epochs += 1,
             _ => {}
         }
-    }
-    s.bytes = r.state().offset();
-    Ok(s)
+        Ok(())
+    })?;
+    Ok(Summary {
+        format: read.format,
+        header: read.header,
+        counts,
+        devices,
+        blocks,
+        epochs,
+        bytes: read.bytes,
+        info,
+        multifd,
+    })
 }
 
 fn feature_names(bits: u64, names: &[(u64, &str)]) -> Vec<String> {
@@ -169,6 +174,18 @@ pub(crate) fn inspect(args: &InspectArgs, opts: &Opts) -> Result<ExitCode> {
                 "sent": { "data": b.data_records, "zero": b.zero_records },
             })).collect::<Vec<_>>(),
         });
+        let mut j = j;
+        let elsewhere = s.multifd.pages_elsewhere();
+        if let (Some(obj), true) = (
+            j.as_object_mut(),
+            s.multifd.channels > 0 || elsewhere.is_some(),
+        ) {
+            // only for multifd migrations: the main channel and its channels
+            obj.insert(
+                "multifd".into(),
+                json!({ "channels": s.multifd.channels, "flush_records": s.multifd.flush_records, "pages_elsewhere": elsewhere }),
+            );
+        }
         serde_json::to_writer_pretty(&mut *out, &j)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
@@ -197,6 +214,18 @@ pub(crate) fn inspect(args: &InspectArgs, opts: &Opts) -> Result<ExitCode> {
     let total: u64 = s.counts.values().sum();
     let per: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     writeln!(out, "records:   {total} ({})", per.join(", "))?;
+    if s.multifd.channels > 0 {
+        writeln!(
+            out,
+            "multifd:   a channel set: the main channel and {} multifd channels",
+            s.multifd.channels
+        )?;
+    } else if let Some(why) = s.multifd.pages_elsewhere() {
+        writeln!(
+            out,
+            "multifd:   {why}; give each channel with --channel FILE"
+        )?;
+    }
     if let Some(info) = &s.info {
         writeln!(out, "info:")?;
         write!(out, "{}", info.display_indented("  "))?;
@@ -270,9 +299,113 @@ fn count(states: &[u8], want: u8) -> usize {
 struct Dump<'a, W: Write> {
     args: &'a DumpArgs,
     out: W,
-    devices: Vec<serde_json::Value>,
+    /// With `--json`: the devices so far, as the elements of the document's
+    /// `devices` array, written as they come (no `serde_json::Value` tree).
+    devices: Vec<u8>,
     ram_blocks: Vec<serde_json::Value>,
     matched: usize,
+}
+
+/// serde_json's pretty format (two-space indent), for a value `level`s deep
+/// in a pretty-printed document: its parts are written where they go and
+/// come out as `serde_json::to_writer_pretty` of the whole would write them.
+struct Nested {
+    level: usize,
+    has_value: bool,
+}
+
+impl Nested {
+    fn at(level: usize) -> Nested {
+        Nested {
+            level,
+            has_value: false,
+        }
+    }
+
+    fn newline<W: ?Sized + Write>(&self, w: &mut W, comma: bool) -> std::io::Result<()> {
+        w.write_all(if comma { b",\n" } else { b"\n" })?;
+        for _ in 0..self.level {
+            w.write_all(b"  ")?;
+        }
+        Ok(())
+    }
+
+    fn close<W: ?Sized + Write>(&mut self, w: &mut W, end: &[u8]) -> std::io::Result<()> {
+        self.level -= 1;
+        if self.has_value {
+            self.newline(w, false)?;
+        }
+        w.write_all(end)
+    }
+}
+
+impl serde_json::ser::Formatter for Nested {
+    fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        w.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.close(w, b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.newline(w, !first)
+    }
+
+    fn end_array_value<W: ?Sized + Write>(&mut self, _w: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        w.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.close(w, b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.newline(w, !first)
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn end_object_value<W: ?Sized + Write>(&mut self, _w: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+}
+
+/// A device as `dump --json` prints it.
+struct DeviceJson<'a>(&'a DeviceState);
+
+impl serde::Serialize for DeviceJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let d = self.0;
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("name", &d.name)?;
+        m.serialize_entry("instance_id", &d.instance_id)?;
+        m.serialize_entry("type", &d.type_name)?;
+        m.serialize_entry("version", &d.version)?;
+        m.serialize_entry("value", &vmstream::value::TaggedJson(&d.value))?;
+        m.end()
+    }
 }
 
 impl<W: Write> Dump<'_, W> {
@@ -298,10 +431,10 @@ impl<W: Write> Dump<'_, W> {
         }
         self.matched += 1;
         if self.args.json {
-            self.devices.push(json!({
-                "name": d.name, "instance_id": d.instance_id, "type": d.type_name,
-                "version": d.version, "value": d.value.to_json(),
-            }));
+            let nested = Nested::at(2);
+            nested.newline(&mut self.devices, self.matched > 1)?;
+            let mut ser = serde_json::Serializer::with_formatter(&mut self.devices, nested);
+            serde::Serialize::serialize(&DeviceJson(d), &mut ser).map_err(std::io::Error::from)?;
         } else {
             writeln!(
                 self.out,
@@ -315,9 +448,16 @@ impl<W: Write> Dump<'_, W> {
 
     fn finish(mut self) -> Result<()> {
         if self.args.json {
-            let doc = json!({ "devices": self.devices, "ram_blocks": self.ram_blocks });
-            serde_json::to_writer_pretty(&mut self.out, &doc)?;
-            writeln!(self.out)?;
+            // serde_json::to_writer_pretty of {"devices": [...], "ram_blocks": [...]}
+            self.out.write_all(b"{\n  \"devices\": [")?;
+            if !self.devices.is_empty() {
+                self.out.write_all(&self.devices)?;
+                self.out.write_all(b"\n  ")?;
+            }
+            self.out.write_all(b"],\n  \"ram_blocks\": ")?;
+            let mut ser = serde_json::Serializer::with_formatter(&mut self.out, Nested::at(1));
+            serde::Serialize::serialize(&self.ram_blocks, &mut ser)?;
+            self.out.write_all(b"\n}\n")?;
         }
         if let Some(want) = &self.args.device {
             if self.matched == 0 {
@@ -339,6 +479,8 @@ impl<W: Write> Sink for Dump<'_, W> {
                 }
                 Ok(())
             }
+            // a mapped-ram stream's blocks come one at a time
+            Event::MappedBlock { block, .. } => Ok(self.ram_block(&block.name, block.size)?),
             _ => Ok(()),
         }
     }
@@ -372,8 +514,9 @@ pub(crate) fn dump(args: &DumpArgs, opts: &Opts) -> Result<ExitCode> {
     match format {
         // straight from the QEMU reader's events: no conversion in between
         Format::Qemu => {
-            let copts = opts.convert_options(&args.file, false)?;
-            vmstream_qemu::read_qemu(input, &mut dump, &copts).with_context(what)?;
+            input::events(format, input, &args.file, opts, false)?
+                .run(&mut dump)
+                .with_context(what)?;
         }
         Format::Vmstream => {
             let mut r = input::reader(input, &args.file, opts)?;
@@ -395,13 +538,12 @@ pub(crate) fn dump(args: &DumpArgs, opts: &Opts) -> Result<ExitCode> {
 }
 
 pub(crate) fn verify(args: &VerifyArgs, opts: &Opts) -> Result<ExitCode> {
-    let (format, mut r) = input::records(&args.file, opts)?;
     let mut schemas: BTreeMap<(String, u32), vmstream::Value> = BTreeMap::new();
     let mut devices = 0u64;
     let mut pages = 0u64;
     let mut index: Option<(u64, Vec<vmstream::record::IndexEntry>)> = None;
     let mut offsets: BTreeMap<u64, (vmstream::RecordKind, String)> = BTreeMap::new();
-    while let Some(item) = r.next().with_context(|| args.file.display().to_string())? {
+    let read = input::each_record(&args.file, opts, &mut |_, item| {
         let (offset, index_no) = (item.offset, item.index);
         match item.record {
             Record::Schema(s) => {
@@ -410,13 +552,11 @@ pub(crate) fn verify(args: &VerifyArgs, opts: &Opts) -> Result<ExitCode> {
             Record::Device(d) => {
                 devices += 1;
                 if let Some(schema) = schemas.get(&(d.type_name.clone(), d.version)) {
-                    vmstream::schema::check(schema, &d.value)
-                        .map_err(|e| {
-                            e.in_device(&d.name)
-                                .at_offset(offset)
-                                .in_record(index_no, "device")
-                        })
-                        .with_context(|| args.file.display().to_string())?;
+                    vmstream::schema::check(schema, &d.value).map_err(|e| {
+                        e.in_device(&d.name)
+                            .at_offset(offset)
+                            .in_record(index_no, "device")
+                    })?;
                 }
                 offsets.insert(offset, (item.kind, d.name));
             }
@@ -430,10 +570,10 @@ pub(crate) fn verify(args: &VerifyArgs, opts: &Opts) -> Result<ExitCode> {
             Record::Index(entries) => index = Some((offset, entries)),
             _ => {}
         }
-    }
-    let records = r.state().records();
-    let bytes = r.state().offset();
-    if !r.at_eof()? {
+        Ok(())
+    })?;
+    let (format, records, bytes) = (read.format, read.records, read.bytes);
+    if read.trailing {
         anyhow::bail!(
             "{}: malformed stream: data after the end record (at offset {bytes:#x})",
             args.file.display()

@@ -522,3 +522,180 @@ fn a_ram_block_beyond_the_limits_is_refused_by_every_command() {
         assert!(dir_files(Path::new(out_dir)).is_empty());
     }
 }
+
+/// A multifd channel set made by hand: a main channel with one 16-page RAM
+/// block and MULTIFD_FLUSH records, and two channels, the second re-sending a
+/// page of the first in a later round.
+fn multifd_set(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    fn init(id: u8) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        b[..8].copy_from_slice(b"\x11\x22\x33\x44\0\0\0\x01");
+        b[24] = id;
+        b
+    }
+    fn packet(flags: u32, num: u64, normal: &[u64], payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0u8; 320 + 8 * 128];
+        h[..8].copy_from_slice(b"\x11\x22\x33\x44\0\0\0\x01");
+        h[8..12].copy_from_slice(&flags.to_be_bytes());
+        h[12..16].copy_from_slice(&128u32.to_be_bytes());
+        h[16..20].copy_from_slice(&(normal.len() as u32).to_be_bytes());
+        h[24..32].copy_from_slice(&num.to_be_bytes());
+        h[64..70].copy_from_slice(b"pc.ram");
+        for (i, o) in normal.iter().enumerate() {
+            h[320 + 8 * i..328 + 8 * i].copy_from_slice(&o.to_be_bytes());
+        }
+        h.extend_from_slice(payload);
+        h
+    }
+    let mut m = b"QEVM\0\0\0\x03\x01\0\0\0\x01\x03ram\0\0\0\0\0\0\0\x04".to_vec();
+    m.extend(((16 * 4096u64) | 0x04).to_be_bytes());
+    m.push(6);
+    m.extend(b"pc.ram");
+    m.extend((16 * 4096u64).to_be_bytes());
+    m.extend(0x200u64.to_be_bytes());
+    m.extend(0x10u64.to_be_bytes());
+    m.extend(b"\x03\0\0\0\x01");
+    m.extend(0x200u64.to_be_bytes());
+    m.extend(0x10u64.to_be_bytes());
+    m.push(0);
+    let mut c0 = init(0);
+    c0.extend(packet(1, 0, &[0x1000], &[0xaa; 4096]));
+    c0.extend(packet(1, 2, &[], &[]));
+    let mut c1 = init(1);
+    c1.extend(packet(1, 1, &[], &[]));
+    c1.extend(packet(
+        1,
+        3,
+        &[0x1000, 0x3000],
+        &[[0xbb; 4096], [0xcc; 4096]].concat(),
+    ));
+    let main = dir.join("vm.mig");
+    fs::write(&main, m).expect("multifd test");
+    fs::write(dir.join("vm.mig.multifd0"), c0).expect("multifd test");
+    fs::write(dir.join("vm.mig.multifd1"), c1).expect("multifd test");
+    (
+        main,
+        dir.join("vm.mig.multifd0"),
+        dir.join("vm.mig.multifd1"),
+    )
+}
+
+#[test]
+fn r8_multifd_channel_sets() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (main, c0, c1) = multifd_set(t.path());
+    let p = |x: &Path| x.to_str().expect("multifd test").to_owned();
+    let (main, c0, c1) = (p(&main), p(&c0), p(&c1));
+    // alone: inspect says where the pages are, extract and --compact refuse
+    let out = ok(&vmstream(&["inspect", &main]));
+    assert!(
+        out.contains("multifd:") && out.contains("MULTIFD_FLUSH"),
+        "{out}"
+    );
+    let x = p(&t.path().join("x"));
+    let out = vmstream(&["extract", &main, "-o", &x]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--channel"),
+        "{}",
+        text(&out.stderr)
+    );
+    let cmig = p(&t.path().join("c.mig"));
+    assert!(
+        !vmstream(&["convert", &main, &cmig, "--to", "qemu", "--compact"])
+            .status
+            .success()
+    );
+    // with its channels, in any order: one migration, and back byte for byte
+    let vms = p(&t.path().join("set.vms"));
+    ok(&vmstream(&[
+        "convert",
+        &main,
+        &vms,
+        "--channel",
+        &c1,
+        "--channel",
+        &c0,
+    ]));
+    assert!(ok(&vmstream(&["inspect", &vms])).contains("2 multifd channels"));
+    ok(&vmstream(&[
+        "verify",
+        &main,
+        "--channel",
+        &c0,
+        "--channel",
+        &c1,
+    ]));
+    let back = p(&t.path().join("back.mig"));
+    ok(&vmstream(&["convert", &vms, &back, "--to", "qemu"]));
+    assert_eq!(
+        fs::read(&back).expect("multifd test"),
+        fs::read(&main).expect("multifd test")
+    );
+    assert_eq!(
+        fs::read(format!("{back}.multifd0")).expect("multifd test"),
+        fs::read(&c0).expect("multifd test")
+    );
+    assert_eq!(
+        fs::read(format!("{back}.multifd1")).expect("multifd test"),
+        fs::read(&c1).expect("multifd test")
+    );
+    // the later round's copy of page 1 wins
+    let x2 = p(&t.path().join("x2"));
+    ok(&vmstream(&[
+        "extract",
+        &main,
+        "-o",
+        &x2,
+        "--channel",
+        &c0,
+        "--channel",
+        &c1,
+    ]));
+    let ram = fs::read(t.path().join("x2/pc.ram.bin")).expect("multifd test");
+    assert!(ram[0x1000..0x2000].iter().all(|&b| b == 0xbb));
+    assert!(ram[0x3000..0x4000].iter().all(|&b| b == 0xcc));
+    // a channel missing: refused, saying so
+    let out = vmstream(&[
+        "extract",
+        &main,
+        "-o",
+        &p(&t.path().join("x3")),
+        "--channel",
+        &c0,
+    ]);
+    assert!(
+        text(&out.stderr).contains("incomplete"),
+        "{}",
+        text(&out.stderr)
+    );
+    // a channel cut short: the error names the channel and where
+    let cut = p(&t.path().join("cut"));
+    let bytes = fs::read(&c1).expect("multifd test");
+    fs::write(&cut, &bytes[..bytes.len() - 100]).expect("multifd test");
+    let out = vmstream(&["verify", &main, "--channel", &c0, "--channel", &cut]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("multifd channel 1") && err.contains("offset"),
+        "{err}"
+    );
+    // compacted with its channels: one plain stream with the same memory
+    ok(&vmstream(&[
+        "convert",
+        &main,
+        &cmig,
+        "--to",
+        "qemu",
+        "--compact",
+        "--channel",
+        &c0,
+        "--channel",
+        &c1,
+    ]));
+    let x4 = p(&t.path().join("x4"));
+    ok(&vmstream(&["extract", &cmig, "-o", &x4]));
+    assert_eq!(
+        fs::read(t.path().join("x4/pc.ram.bin")).expect("multifd test"),
+        ram
+    );
+}
