@@ -779,14 +779,16 @@ impl FrameEncoder {
         let max = self.options.limits.max_record_size as usize;
         let first = (self.names.len() - self.names.unpublished_len()) as u64;
         let names = self.names.take_unpublished();
-        let mut lens = Vec::new();
         let mut start = 0;
         while start < names.len() {
-            lens.clear();
+            // the body: first id, count, then each name with its length
+            let mut entries = 0;
             let mut end = start;
             while end < names.len() {
-                lens.push(names[end].len());
-                if end > start && names_body_len(first + start as u64, &lens) > max {
+                entries += varint_len(names[end].len() as u64) + names[end].len();
+                let count = (end - start + 1) as u64;
+                let len = varint_len(first + start as u64) + varint_len(count) + entries;
+                if end > start && len > max {
                     break;
                 }
                 end += 1;
