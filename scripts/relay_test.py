@@ -17,7 +17,9 @@ memory equals the source's (QMP pmemsave of both, from 1 MiB up) and equals
 a recording; 10.0 -> 10.0 with 1 data channel and mutual TLS; 7.2 -> 10.0 with
 an am53c974 and the esp rules, which QEMU alone cannot do; QEMU's return path
 (capability `return-path` on both QEMUs) carried back through the relays, 7.2
-with 1 data channel and 10.0 with 3 and TLS. Then faults: each relay killed
+with 1 data channel and 10.0 with 3 and TLS; QEMU multifd as input (10.0 with 2
+channels, 10.0 with 3 zstd channels and the return path, 7.2 with 2), each of the
+source's connections read as it arrives and the destination fed as many. Then faults: each relay killed
 mid-way in turn (the receiving one with a return path open); the source QEMU
 must report `failed` and keep running, the destination QEMU must not run.
 
@@ -25,6 +27,7 @@ Exits 0 on success, 1 on failure; skips (exit 0 with a note) without QEMU.
 """
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -79,9 +82,10 @@ def tls_creds(tmp):
 
 class Case:
     def __init__(self, vmstream, tmp, name, src, dst, channels, extra_args=(), tls=None,
-                 rules=None, record=True, return_path=False):
+                 rules=None, record=True, return_path=False, multifd=0, compression="none"):
         self.vmstream, self.tmp, self.name = vmstream, tmp, name
         self.return_path = return_path
+        self.multifd, self.compression = multifd, compression
         self.src, self.dst, self.channels = src, dst, channels
         self.tls, self.rules, self.record = tls, rules, record
         self.dir = os.path.join(tmp, name)
@@ -101,11 +105,18 @@ class Case:
 
     def start(self):
         self.sproc, self.sqmp = qt.start(self.src, MACHINE[self.src], MEMORY_MB, self.args, [], self.path("src.qmp"))
+        incoming = "defer" if self.multifd else f"unix:{self.path('dst.mig')}"
         self.dproc, self.dqmp = qt.start(self.dst, MACHINE[self.dst], MEMORY_MB, self.args,
-                                         ["-incoming", f"unix:{self.path('dst.mig')}", "-S"], self.path("dst.qmp"))
+                                         ["-incoming", incoming, "-S"], self.path("dst.qmp"))
         if self.return_path:
             for q in (self.sqmp, self.dqmp):
                 q.cmd("migrate-set-capabilities", capabilities=[{"capability": "return-path", "state": True}])
+        if self.multifd:
+            # QEMU multifd on both sides: the sending relay takes the source's
+            # connections, the receiving relay opens as many to the destination.
+            for q in (self.sqmp, self.dqmp):
+                qt.multifd_setup(q, self.multifd, self.compression)
+            self.dqmp.cmd("migrate-incoming", uri=f"unix:{self.path('dst.mig')}")
         # Let the guest boot and dirty memory.
         booted = time.monotonic()
         while "0x00000000" in self.sqmp.cmd("human-monitor-command",
@@ -120,6 +131,8 @@ class Case:
                 "--to", f"tcp:127.0.0.1:{port}", "--data-channels", str(self.channels)]
         if self.record:
             send += ["--record", self.path("record.vms")]
+        if self.multifd:
+            send += ["--multifd-channels", str(self.multifd)]
         if self.tls:
             recv += ["--tls-creds", self.tls["server"]]
             send += ["--tls-creds", self.tls["client"]]
@@ -223,6 +236,19 @@ def run_case(c):
             raise RuntimeError(f"extract of the recording: {r.stderr.strip()}")
         if sha_from_1m(os.path.join(c.path("extract"), "pc.ram.bin")) != sha_from_1m(c.path("dst.mem")):
             raise RuntimeError("the recording's final memory differs from the destination's")
+        if c.multifd:
+            r = subprocess.run([c.vmstream, "inspect", "--json", c.path("record.vms")],
+                               capture_output=True, text=True, check=True)
+            got = json.loads(r.stdout).get("multifd", {}).get("channels")
+            if got != c.multifd:
+                raise RuntimeError(f"the recording holds {got} multifd channels, expected {c.multifd}")
+            # The way back gives QEMU's N + 1 streams, channel K by its id.
+            back = c.path("back.mig")
+            subprocess.run([c.vmstream, "convert", c.path("record.vms"), back, "--to", "qemu"],
+                           capture_output=True, check=True)
+            missing = [k for k in range(c.multifd) if not os.path.exists(f"{back}.multifd{k}")]
+            if missing:
+                raise RuntimeError(f"convert --to qemu of the recording wrote no channel {missing}")
     c.dqmp.cmd("cont")
     before = c.dqmp.cmd("human-monitor-command", **{"command-line": f"xp /1wx {qt.DIRTY_START:#x}"})
     wait_for(lambda: c.dqmp.cmd("human-monitor-command", **{"command-line": f"xp /1wx {qt.DIRTY_START:#x}"})
@@ -300,11 +326,20 @@ def main():
             ("10.0-to-10.0-x1-tls", lambda: guarded(Case(vmstream, tmp, "b", "10.0", "10.0", 1, tls=tls), run_case)),
             ("7.2-to-10.0-esp-rules", lambda: guarded(Case(vmstream, tmp, "c", "7.2", "10.0", 2, esp,
                                                             rules=rules), run_case)),
+            ("10.0-multifd2-to-10.0-x3-recorded", lambda: guarded(Case(vmstream, tmp, "h", "10.0", "10.0", 3,
+                                                                        multifd=2), run_case)),
+            ("10.0-multifd3-zstd-to-10.0-x1-return-path", lambda: guarded(
+                Case(vmstream, tmp, "i", "10.0", "10.0", 1, multifd=3, compression="zstd", return_path=True),
+                run_case)),
+            ("7.2-multifd2-to-7.2-x2", lambda: guarded(Case(vmstream, tmp, "j", "7.2", "7.2", 2, multifd=2),
+                                                       run_case)),
             ("7.2-to-7.2-x1-return-path", lambda: guarded(Case(vmstream, tmp, "f", "7.2", "7.2", 1,
                                                                 return_path=True), run_case)),
             ("10.0-to-10.0-x3-tls-return-path", lambda: guarded(Case(vmstream, tmp, "g", "10.0", "10.0", 3, tls=tls,
                                                                       return_path=True), run_case)),
             ("kill-send", lambda: guarded(Case(vmstream, tmp, "d", "7.2", "7.2", 2), run_kill, "send")),
+            ("kill-receive-10.0-multifd", lambda: guarded(Case(vmstream, tmp, "k", "10.0", "10.0", 2, multifd=2),
+                                                     run_kill, "receive")),
             ("kill-receive-return-path", lambda: guarded(Case(vmstream, tmp, "e", "7.2", "7.2", 2, return_path=True),
                                                          run_kill, "receive")),
         ]

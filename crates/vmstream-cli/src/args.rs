@@ -108,6 +108,10 @@ pub(crate) struct RelaySendArgs {
     /// QEMU's return path comes on top).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=63))]
     pub(crate) data_channels: u16,
+    /// The source QEMU migrates with multifd over this many channels (its
+    /// multifd-channels parameter): the relay takes them all on --from.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=255))]
+    pub(crate) multifd_channels: u8,
     /// Compatibility transforms (a rules file) applied in flight.
     #[arg(long)]
     pub(crate) rules: Option<PathBuf>,

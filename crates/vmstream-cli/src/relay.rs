@@ -10,7 +10,7 @@
 //! destination QEMU never gets a whole stream to run.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Cursor, Read, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,8 +31,16 @@ use vmstream_transport::{
 
 use crate::args::{RelayArgs, RelayCommand, RelayReceiveArgs, RelaySendArgs};
 
+mod multifd;
+
 /// How long `receive` waits for the sending relay's channels.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long `send` waits for the source QEMU's multifd connections once its
+/// first connection came, and for each connection's first bytes.
+const QEMU_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The first bytes of QEMU's main channel and of a multifd channel.
+const QEMU_MAGIC: [u8; 4] = *b"QEVM";
+const MULTIFD_MAGIC: [u8; 4] = 0x1122_3344u32.to_be_bytes();
 /// How long `receive` waits, after the stream's last byte, for the
 /// destination QEMU to load it and close its connection.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -127,22 +135,43 @@ fn send(a: &RelaySendArgs, limits: Limits, stats: &Stats) -> Result<()> {
         None => None,
     };
     let rules = a.rules.as_deref().map(load_rules).transpose()?;
-    // The source QEMU's stream: one connection to --from, or standard input
-    // (QEMU's `exec:`); its return path goes back the same way.
+    if a.rules.is_some() && a.multifd_channels > 0 {
+        bail!("--rules with --multifd-channels: not supported yet (the transform reads QEMU's main channel alone)");
+    }
+    // The source QEMU's stream: its connections to --from, or standard input
+    // (QEMU's `exec:`); its return path goes back the main connection.
     let mut cut = Vec::new();
-    let (input, back): (Box<dyn Read + Send>, Box<dyn Write + Send>) = if a.from == "-" {
-        (Box::new(std::io::stdin()), Box::new(std::io::stdout()))
+    let (input, back, channels): (Box<dyn Read + Send>, Box<dyn Write + Send>, _) = if a.from == "-"
+    {
+        if a.multifd_channels > 0 {
+            bail!("--multifd-channels needs a socket --from: QEMU migrates with multifd over sockets only");
+        }
+        (
+            Box::new(std::io::stdin()),
+            Box::new(std::io::stdout()),
+            Vec::new(),
+        )
     } else {
         let from = address(&a.from, "--from")?;
         let l = Listener::bind(&from).map_err(|e| anyhow!("--from {}: {}", a.from, e.chain()))?;
-        let c = l
-            .accept(None)
-            .map_err(|e| anyhow!("--from {}: {}", a.from, e.chain()))?;
-        let back = c
+        let (main, channels) =
+            accept_qemu(&l, a.multifd_channels).with_context(|| format!("--from {}", a.from))?;
+        let back = main
             .try_clone()
             .map_err(|e| anyhow!("--from {}: {}", a.from, e.chain()))?;
-        cut.push(c.shutdown_handle());
-        (Box::new(c), Box::new(back))
+        cut.push(main.shutdown_handle());
+        let channels: Vec<Box<dyn Read + Send>> = channels
+            .into_iter()
+            .map(|c| {
+                cut.push(c.shutdown_handle());
+                Box::new(Cursor::new(MULTIFD_MAGIC).chain(c)) as Box<dyn Read + Send>
+            })
+            .collect();
+        (
+            Box::new(Cursor::new(QEMU_MAGIC).chain(main)),
+            Box::new(back),
+            channels,
+        )
     };
     let id = MigrationId::random().map_err(|e| anyhow!("{}", e.chain()))?;
     let mut set = connect_set(&to, a.data_channels + 1, id, tls.as_ref())
@@ -152,7 +181,16 @@ fn send(a: &RelaySendArgs, limits: Limits, stats: &Stats) -> Result<()> {
         .pop()
         .ok_or_else(|| anyhow!("--to {}: no return channel", a.to))?;
     cut.push(ret.shutdown_handle());
-    let r = relay_out(a, set, ret, input, back, rules.as_ref(), limits, stats);
+    let r = relay_out(
+        a,
+        set,
+        ret,
+        (input, channels),
+        back,
+        rules.as_ref(),
+        limits,
+        stats,
+    );
     if r.is_err() {
         // The clone of QEMU's socket would keep it open: shut it down, so the
         // source QEMU sees its migration fail.
@@ -168,7 +206,7 @@ fn relay_out(
     a: &RelaySendArgs,
     set: ChannelSet,
     ret: Connection,
-    input: Box<dyn Read + Send>,
+    (input, channels): (Box<dyn Read + Send>, Vec<Box<dyn Read + Send>>),
     back: Box<dyn Write + Send>,
     rules: Option<&vmstream_compat::Registry>,
     limits: Limits,
@@ -208,7 +246,8 @@ fn relay_out(
         )
     };
     let splitter = match rules {
-        None => convert(input, splitter, &opts).map_err(at)?,
+        None if channels.is_empty() => convert(input, splitter, &opts).map_err(at)?,
+        None => convert_set(Box::new(input), channels, splitter, &opts).map_err(at)?,
         Some(reg) => {
             // Transformed QEMU bytes go through a pipe into the conversion.
             let (r, w) = std::io::pipe().context("a pipe for the transform")?;
@@ -279,12 +318,31 @@ fn receive(a: &RelayReceiveArgs, limits: Limits, stats: &Stats) -> Result<()> {
     })?;
     stats.update(|s| s.status = Some(Status::Active));
     let qemu = connect(&to, None).map_err(|e| anyhow!("--to {}: {}", a.to, e.chain()))?;
-    let cut = qemu.shutdown_handle();
-    let r = relay_in(set, ret, qemu, rules.as_ref(), limits, stats);
+    let cut = Arc::new(std::sync::Mutex::new(vec![qemu.shutdown_handle()]));
+    // A multifd migration's channels: one more connection each, opened when
+    // the stream says the channel joins.
+    let open: vmstream_qemu::OpenChannel = {
+        let (cut, text) = (cut.clone(), a.to.clone());
+        Box::new(move |k| {
+            let c = connect(&to, None).map_err(|e| {
+                vmstream::Error::new(
+                    vmstream::ErrorKind::Io,
+                    format!("--to {text}: multifd channel {k}: {}", e.chain()),
+                )
+            })?;
+            if let Ok(mut v) = cut.lock() {
+                v.push(c.shutdown_handle());
+            }
+            Ok(Box::new(BufWriter::with_capacity(1 << 20, c)))
+        })
+    };
+    let r = relay_in(set, ret, qemu, open, rules.as_ref(), limits, stats);
     if r.is_err() {
         // The return path's clone would keep the socket open: shut it down,
         // so the destination QEMU sees the stream break.
-        cut.shutdown();
+        if let Ok(v) = cut.lock() {
+            v.iter().for_each(ShutdownHandle::shutdown);
+        }
     }
     r
 }
@@ -295,6 +353,7 @@ fn relay_in(
     set: ChannelSet,
     ret: Connection,
     qemu: Connection,
+    open: vmstream_qemu::OpenChannel,
     rules: Option<&vmstream_compat::Registry>,
     limits: Limits,
     stats: &Stats,
@@ -322,13 +381,24 @@ fn relay_in(
     // QemuWriter writes a few bytes at a time: gather them into large writes.
     let mut out = BufWriter::with_capacity(1 << 20, qemu);
     let result = match rules {
-        None => vmstream_qemu::vmstream_to_qemu(&mut merger, &mut out, &opts).map(|_| ()),
+        None => {
+            vmstream_qemu::vmstream_to_qemu_channels(&mut merger, &mut out, open, &opts).map(|_| ())
+        }
         Some(reg) => match std::io::pipe() {
             // QEMU bytes converted back go through a pipe into the transform.
             Ok((r, w)) => std::thread::scope(|s| {
                 let w = BufWriter::with_capacity(1 << 20, w);
-                let t =
-                    s.spawn(|| vmstream_qemu::vmstream_to_qemu(&mut merger, w, &opts).map(|_| ()));
+                drop(open);
+                let t = s.spawn(|| {
+                    let refuse: vmstream_qemu::OpenChannel = Box::new(|_| {
+                        Err(vmstream::Error::new(
+                            vmstream::ErrorKind::Unsupported,
+                            "--rules with a multifd migration: not supported yet (the transform reads QEMU's main channel alone)",
+                        ))
+                    });
+                    vmstream_qemu::vmstream_to_qemu_channels(&mut merger, w, refuse, &opts)
+                        .map(|_| ())
+                });
                 let transformed = transform(r, &mut out, reg, &opts);
                 let converted = t.join().unwrap_or_else(|_| {
                     Err(vmstream::Error::new(
@@ -392,6 +462,83 @@ fn convert<R: Read, W: Write>(input: R, out: W, opts: &ConvertOptions) -> vmstre
     let mut sink = vmstream_qemu::VmstreamSink::new(out, opts.writer);
     vmstream_qemu::read_qemu(input, &mut sink, opts)?;
     sink.finish()
+}
+
+/// Converts the source QEMU's multifd migration (main channel and multifd
+/// connections) into `out`, each connection read as its bytes arrive.
+fn convert_set<W: Write>(
+    main: Box<dyn Read + Send>,
+    channels: Vec<Box<dyn Read + Send>>,
+    out: W,
+    opts: &ConvertOptions,
+) -> vmstream::Result<W> {
+    let mut inputs = vec![("the source QEMU's main channel".to_owned(), main)];
+    for (i, c) in channels.into_iter().enumerate() {
+        inputs.push((format!("the source QEMU's multifd connection {}", i + 1), c));
+    }
+    let cap = usize::try_from(opts.limits.max_alloc).unwrap_or(usize::MAX);
+    let mut ports = multifd::ports(inputs, cap)?;
+    let main = ports.remove(0);
+    let mut sink = vmstream_qemu::VmstreamSink::new(out, opts.writer);
+    vmstream_qemu::read_live_channel_set(main, ports, &mut sink, opts)?;
+    sink.finish()
+}
+
+/// Takes the source QEMU's connections on `l`: its main channel and,
+/// with multifd, its `multifd` channels, told apart by their first bytes.
+fn accept_qemu(l: &Listener, multifd: u8) -> Result<(Connection, Vec<Connection>)> {
+    let mut main = None;
+    let mut channels = Vec::new();
+    // the first connection whenever QEMU migrates; the others right after it
+    let first = l.accept(None).map_err(|e| anyhow!("{}", e.chain()))?;
+    let watchdog = {
+        let stop = l.shutdown_handle();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if rx.recv_timeout(QEMU_CONNECT_TIMEOUT)
+                == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
+                stop.shutdown();
+            }
+        });
+        tx
+    };
+    let mut next = Some(first);
+    for n in 0..=usize::from(multifd) {
+        let c = match next.take() {
+            Some(c) => c,
+            None => l.accept(None).map_err(|e| {
+                anyhow!(
+                    "the source QEMU opened {n} of the {} connections of a migration with {multifd} multifd channels within {} s: {}",
+                    usize::from(multifd) + 1,
+                    QEMU_CONNECT_TIMEOUT.as_secs(),
+                    e.chain()
+                )
+            })?,
+        };
+        let mut c = c;
+        let mut magic = [0u8; 4];
+        let what = || format!("the first bytes of the source QEMU's connection {}", n + 1);
+        c.set_timeouts(Some(QEMU_CONNECT_TIMEOUT), None)
+            .map_err(|e| anyhow!("{}: {}", what(), e.chain()))?;
+        c.read_exact(&mut magic).with_context(what)?;
+        c.set_timeouts(None, None)
+            .map_err(|e| anyhow!("{}: {}", what(), e.chain()))?;
+        match magic {
+            QEMU_MAGIC if main.is_none() => main = Some(c),
+            MULTIFD_MAGIC if multifd == 0 => bail!(
+                "the source QEMU opened a multifd channel: it migrates with multifd, so give --multifd-channels (its multifd-channels parameter)"
+            ),
+            MULTIFD_MAGIC => channels.push(c),
+            _ => bail!(
+                "the source QEMU's connection {} starts with {magic:02x?}: neither a main channel (QEVM) nor a multifd channel, or a second main channel",
+                n + 1
+            ),
+        }
+    }
+    drop(watchdog);
+    let main = main.ok_or_else(|| anyhow!("the source QEMU opened no main channel"))?;
+    Ok((main, channels))
 }
 
 /// A rules file, parsed.

@@ -699,3 +699,48 @@ fn r8_multifd_channel_sets() {
         ram
     );
 }
+
+#[test]
+fn relay_send_tells_a_multifd_source_from_a_plain_one() {
+    // exec: (standard input) cannot carry multifd
+    let out = vmstream(&[
+        "relay",
+        "send",
+        "--from",
+        "-",
+        "--to",
+        "tcp:127.0.0.1:9",
+        "--multifd-channels",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--multifd-channels needs a socket --from"));
+    // a source QEMU whose first connection is a multifd channel, without
+    // --multifd-channels: one line saying what to give
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("src.mig");
+    let from = format!("unix:{}", sock.display());
+    let relay = Command::new(env!("CARGO_BIN_EXE_vmstream"))
+        .args(["relay", "send", "--from", &from, "--to", "tcp:127.0.0.1:9"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut qemu = loop {
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Ok(s) => break s,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("the relay never listened: {e}"),
+        }
+    };
+    std::io::Write::write_all(&mut qemu, &0x1122_3344u32.to_be_bytes()).unwrap();
+    let out = relay.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("opened a multifd channel") && err.contains("--multifd-channels"),
+        "{err}"
+    );
+}

@@ -18,7 +18,7 @@ use vmstream::{Error, ErrorKind, Limits, Result};
 
 use crate::event::{Event, QemuRamBlock, SectionKind, Sink};
 use crate::multifd::{
-    ChannelEvent, ChannelInit, ChannelReader, Compression, Inflater, Packet, PacketKind,
+    Arrived, ChannelEvent, ChannelInit, ChannelReader, Compression, Inflater, Packet, PacketKind,
 };
 use crate::ram::{FLAG_COMPRESS_PAGE, FLAG_MULTIFD_FLUSH, FLAG_XBZRLE};
 
@@ -55,8 +55,13 @@ struct Channel<C> {
     inflater: Inflater,
     init: ChannelInit,
     done: bool,
+    /// Live: this round's SYNC packet has been handed on.
+    synced: bool,
     summary: ChannelSummary,
 }
+
+/// Whether a live channel's next item has arrived whole ([`ChannelReader::ready`]).
+type Ready<C> = fn(&mut ChannelReader<C>) -> Result<bool>;
 
 /// A [`Sink`] filter that merges the packets of a channel set's multifd
 /// channels into the events of its main channel (which it receives from a
@@ -64,16 +69,22 @@ struct Channel<C> {
 /// [`Event::MultifdPacket`] followed by one [`Event::Page`] per page it lists
 /// (normal pages decompressed).
 ///
-/// The merger reads a channel only at a sync point of the main channel, up
-/// to that channel's next SYNC packet. That suits captures (files), not live
-/// connections: QEMU's main migration thread waits for each channel's
-/// writes to complete (a free channel for the next packet, then the SYNC
-/// packet written) before it sends the sync point on the main channel, so a
-/// reader that leaves a channel unread until then stalls the source once a
-/// round outgrows the socket buffers. A consumer of live connections reads
-/// every channel as its bytes arrive (a thread or poll loop per channel,
-/// feeding a [`crate::multifd::ChannelDecoder`]) and keeps each round's
-/// packets until the main channel's sync point closes it.
+/// Made with [`ChannelMerger::new`], the merger reads a channel only at a
+/// sync point of the main channel, up to that channel's next SYNC packet.
+/// That suits captures (files), not live connections: QEMU's main migration
+/// thread waits for each channel's writes to complete (a free channel for the
+/// next packet, then the SYNC packet written) before it sends the sync point
+/// on the main channel, so a reader that leaves a channel unread until then
+/// stalls the source once a round outgrows the socket buffers. Made with
+/// [`ChannelMerger::live`], over channels whose bytes are taken off their
+/// connections as they come ([`Arrived`]), it also hands on, before each
+/// event of the main channel, every packet that has arrived whole and
+/// belongs to the round that event is in (packets after a channel's SYNC wait
+/// for the sync point); at the main channel's end it takes what has arrived
+/// and does not wait for the channels to close, which QEMU does only after
+/// the destination has loaded the stream when the return path is on.
+/// Between two sync points each page is sent once, so handing a packet on
+/// earlier in its round gives the same memory.
 pub struct ChannelMerger<'s, C> {
     inner: &'s mut dyn Sink,
     channels: Vec<Channel<C>>,
@@ -85,6 +96,7 @@ pub struct ChannelMerger<'s, C> {
     announced: bool,
     pages: Vec<u8>,
     numbers: (u64, u64, u64),
+    live: Option<Ready<C>>,
 }
 
 impl<C> std::fmt::Debug for ChannelMerger<'_, C> {
@@ -119,6 +131,7 @@ impl<'s, C: Read> ChannelMerger<'s, C> {
                 inflater: Inflater::new(id, 4096),
                 reader,
                 done: false,
+                synced: false,
                 summary: ChannelSummary {
                     id,
                     bytes: 64,
@@ -169,6 +182,7 @@ impl<'s, C: Read> ChannelMerger<'s, C> {
             announced: false,
             pages: Vec::new(),
             numbers: (u64::MAX, 0, 0),
+            live: None,
         })
     }
 
@@ -190,12 +204,40 @@ impl<'s, C: Read> ChannelMerger<'s, C> {
         Ok(())
     }
 
-    /// Hands on each channel's packets up to its next SYNC packet (`all`: to its end).
+    /// At a sync point (`all`: the main channel's end): each channel's
+    /// packets up to its next SYNC packet (`all`: to its end; for a live
+    /// merger, to what has arrived). A live merger's channel that has handed
+    /// on this round's SYNC already gives nothing more.
     fn round(&mut self, all: bool) -> Result<()> {
         self.announce()?;
+        let arrived_only = all && self.live.is_some();
+        self.hand_on(!all, arrived_only)?;
+        self.channels.iter_mut().for_each(|c| c.synced = false);
+        Ok(())
+    }
+
+    /// Before an event of a live merger's main channel: the packets of this
+    /// round that have arrived whole.
+    fn arrived(&mut self) -> Result<()> {
+        if self.live.is_none() || self.blocks.is_empty() {
+            return Ok(()); // not live, or no packet can name a block yet
+        }
+        self.announce()?;
+        self.hand_on(true, true)
+    }
+
+    /// Hands on each channel's next packets: up to its next SYNC packet
+    /// (`until_sync`; none if it has handed that on already) or to its end,
+    /// and only those that have arrived whole (`arrived_only`).
+    fn hand_on(&mut self, until_sync: bool, arrived_only: bool) -> Result<()> {
         let ps = self.page_size;
         for c in &mut self.channels {
-            while !c.done {
+            while !(c.done || until_sync && c.synced) {
+                if let (true, Some(ready)) = (arrived_only, self.live) {
+                    if !ready(&mut c.reader)? {
+                        break;
+                    }
+                }
                 let Some(ev) = c.reader.next_event()? else {
                     c.done = true;
                     break;
@@ -224,9 +266,7 @@ impl<'s, C: Read> ChannelMerger<'s, C> {
                     *hi = (*hi).max(p.packet_num);
                     *n += 1;
                 }
-                if sync && !all {
-                    break;
-                }
+                c.synced |= sync && until_sync;
             }
         }
         Ok(())
@@ -252,6 +292,17 @@ impl<'s, C: Read> ChannelMerger<'s, C> {
             ));
         }
         Ok(())
+    }
+}
+
+impl<'s, C: Read + Arrived> ChannelMerger<'s, C> {
+    /// A merger of live channels, which hands on their packets as they
+    /// arrive (see the type's documentation); reads each channel's init
+    /// header as [`ChannelMerger::new`] does.
+    pub fn live(channels: Vec<C>, inner: &'s mut dyn Sink, limits: Limits) -> Result<Self> {
+        let mut m = ChannelMerger::new(channels, inner, limits)?;
+        m.live = Some(ChannelReader::ready);
+        Ok(m)
     }
 }
 
@@ -345,6 +396,7 @@ fn emit(
 
 impl<C: Read> Sink for ChannelMerger<'_, C> {
     fn event(&mut self, ev: &Event<'_>) -> Result<()> {
+        self.arrived()?;
         match ev {
             Event::Configuration { raw, .. } => {
                 if let Some(bits) = crate::mapping::page_bits(raw) {

@@ -149,6 +149,32 @@ pub fn read_channel_set<R: Read, C: Read>(
     sink: &mut dyn Sink,
     opts: &ConvertOptions,
 ) -> Result<(Summary, Vec<ChannelSummary>)> {
+    merge_set(main, sink, opts, |inner| {
+        ChannelMerger::new(channels, inner, opts.limits)
+    })
+}
+
+/// Like [`read_channel_set`], for a live migration's connections: each
+/// channel's packets are handed on as they arrive ([`ChannelMerger::live`]),
+/// so that QEMU never waits for the reader to take a channel's bytes.
+/// `opts.live` should be set, so that the main channel ends at its trailer.
+pub fn read_live_channel_set<R: Read, C: Read + multifd::Arrived>(
+    main: R,
+    channels: Vec<C>,
+    sink: &mut dyn Sink,
+    opts: &ConvertOptions,
+) -> Result<(Summary, Vec<ChannelSummary>)> {
+    merge_set(main, sink, opts, |inner| {
+        ChannelMerger::live(channels, inner, opts.limits)
+    })
+}
+
+fn merge_set<R: Read, C: Read>(
+    main: R,
+    sink: &mut dyn Sink,
+    opts: &ConvertOptions,
+    merger: impl FnOnce(&mut dyn Sink) -> Result<ChannelMerger<'_, C>>,
+) -> Result<(Summary, Vec<ChannelSummary>)> {
     let reader = qemu_reader(main, opts);
     let mut compactor;
     let inner: &mut dyn Sink = if opts.compact {
@@ -157,7 +183,7 @@ pub fn read_channel_set<R: Read, C: Read>(
     } else {
         sink
     };
-    let mut merger = ChannelMerger::new(channels, inner, opts.limits)?;
+    let mut merger = merger(inner)?;
     let summary = reader.run(&mut merger)?;
     Ok((summary, merger.summaries()))
 }

@@ -616,48 +616,23 @@ impl<R: Read> ChannelReader<R> {
 
     /// The next item, or `None` at the end of the channel (between items).
     pub fn next_event(&mut self) -> Result<Option<ChannelEvent<'_>>> {
-        loop {
-            let have = self.end - self.start;
-            let need = self.decoder.needed(&self.buf[self.start..self.end])?;
-            if have >= need {
-                break;
+        while self.wanting()? > 0 && !self.eof {
+            self.fill(usize::MAX)?;
+        }
+        let have = self.end - self.start;
+        if self.eof && have < self.decoder.needed(&self.buf[self.start..self.end])? {
+            if have == 0 {
+                return Ok(None);
             }
-            if self.eof {
-                if have == 0 {
-                    return Ok(None);
-                }
-                return Err(Error::new(
-                    ErrorKind::Malformed,
-                    format!(
-                        "{}: the channel ends inside an item ({have} of its {need} bytes)",
-                        self.decoder.who()
-                    ),
-                )
-                .at_offset(self.decoder.offset()));
-            }
-            // room for the item from `start`: the buffer grows as bytes
-            // arrive (at most doubling what it holds), never to a declared
-            // length at once (need is bounded by the decoder's size checks)
-            if self.start > 0 && self.buf.len() - self.start < need.max(64 << 10) {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            let want = (self.start + need.max(64 << 10)).min(self.end + have.max(64 << 10));
-            if self.buf.len() < want {
-                self.buf.resize(want, 0);
-            }
-            let n = loop {
-                match self.inner.read(&mut self.buf[self.end..]) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::from(e).at_offset(self.decoder.offset())),
-                }
-            };
-            if n == 0 {
-                self.eof = true;
-            }
-            self.end += n;
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                format!(
+                    "{}: the channel ends inside an item ({have} of its {} bytes)",
+                    self.decoder.who(),
+                    self.decoder.needed(&self.buf[self.start..self.end])?
+                ),
+            )
+            .at_offset(self.decoder.offset()));
         }
         let (used, ev) = self.decoder.decode(&self.buf[self.start..self.end])?;
         self.start += used;
@@ -671,6 +646,69 @@ impl<R: Read> ChannelReader<R> {
                 ),
             )
             .at_offset(self.decoder.offset())),
+        }
+    }
+
+    /// Bytes the next item needs beyond those buffered, as far as the
+    /// buffered ones tell (0: [`Self::next_event`] returns without reading).
+    fn wanting(&self) -> Result<usize> {
+        let need = self.decoder.needed(&self.buf[self.start..self.end])?;
+        Ok(need.saturating_sub(self.end - self.start))
+    }
+
+    /// One read of at most `max` bytes towards the next item.
+    fn fill(&mut self, max: usize) -> Result<()> {
+        let have = self.end - self.start;
+        let need = self.decoder.needed(&self.buf[self.start..self.end])?;
+        // room for the item from `start`: the buffer grows as bytes
+        // arrive (at most doubling what it holds), never to a declared
+        // length at once (need is bounded by the decoder's size checks)
+        if self.start > 0 && self.buf.len() - self.start < need.max(64 << 10) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let want = (self.start + need.max(64 << 10)).min(self.end + have.max(64 << 10));
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        let room = (self.buf.len() - self.end).min(max);
+        let n = loop {
+            match self.inner.read(&mut self.buf[self.end..self.end + room]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::from(e).at_offset(self.decoder.offset())),
+            }
+        };
+        if n == 0 {
+            self.eof = true;
+        }
+        self.end += n;
+        Ok(())
+    }
+}
+
+/// A live channel: how many of its bytes have arrived, so that a reader can
+/// take what is there without waiting for more.
+pub trait Arrived {
+    /// Bytes a read returns now without waiting; `usize::MAX` once the
+    /// channel has ended (a read then returns at once: 0, or its error).
+    fn arrived(&mut self) -> usize;
+}
+
+impl<R: Read + Arrived> ChannelReader<R> {
+    /// Whether the next item (or the channel's end) has arrived whole:
+    /// reads only bytes that are there, so it never waits. When it says
+    /// yes, [`Self::next_event`] returns without waiting either.
+    pub fn ready(&mut self) -> Result<bool> {
+        loop {
+            if self.eof || self.wanting()? == 0 {
+                return Ok(true);
+            }
+            match self.inner.arrived() {
+                0 => return Ok(false),
+                n => self.fill(n)?,
+            }
         }
     }
 }

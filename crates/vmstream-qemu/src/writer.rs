@@ -44,6 +44,8 @@ pub type OpenChannel = Box<dyn FnMut(u8) -> Result<Box<dyn Write>>>;
 struct ChannelOutputs {
     open: OpenChannel,
     outs: BTreeMap<u8, Box<dyn Write>>,
+    /// The output written last: the main channel (`None`) or channel K.
+    writing: Option<u8>,
 }
 
 impl std::fmt::Debug for ChannelOutputs {
@@ -204,6 +206,7 @@ impl<W: Write> QemuWriter<W> {
         self.channels = Some(ChannelOutputs {
             open,
             outs: BTreeMap::new(),
+            writing: None,
         });
         self
     }
@@ -214,6 +217,30 @@ impl<W: Write> QemuWriter<W> {
             .as_ref()
             .map(|c| c.outs.keys().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Before writing to another output of a channel set than the last one,
+    /// flushes the last one: a live destination's channel waits at each
+    /// sync point for the main channel's, and its main channel for each
+    /// channel's SYNC packet, so no bytes may wait in a buffer while the
+    /// writer writes elsewhere.
+    fn switch_to(&mut self, to: Option<u8>) -> Result<()> {
+        let Some(c) = self.channels.as_mut() else {
+            return Ok(());
+        };
+        if c.writing == to {
+            return Ok(());
+        }
+        match c.writing {
+            None => self.out.flush()?,
+            Some(k) => {
+                if let Some(out) = c.outs.get_mut(&k) {
+                    out.flush()?;
+                }
+            }
+        }
+        c.writing = to;
+        Ok(())
     }
 
     fn channel_out(&mut self, channel: u8) -> Result<&mut Box<dyn Write>> {
@@ -438,6 +465,16 @@ impl<W: Write> QemuWriter<W> {
 
 impl<W: Write> Sink for QemuWriter<W> {
     fn event(&mut self, ev: &Event<'_>) -> Result<()> {
+        if self.channels.is_some() {
+            let to = match ev {
+                Event::MultifdInit { channel, .. } | Event::MultifdPacket { channel, .. } => {
+                    Some(*channel)
+                }
+                Event::Page { .. } => self.pending.as_ref().map(|p| p.channel),
+                _ => None,
+            };
+            self.switch_to(to)?;
+        }
         match ev {
             Event::Page { block, index, data } if self.region.is_some() => {
                 self.mapped_page(*block, *index, *data)?;

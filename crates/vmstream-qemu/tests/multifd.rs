@@ -537,3 +537,112 @@ fn a_channel_set_merges_round_by_round() {
     .unwrap_err();
     assert_eq!(e.location().offset, Some((64 + HDR + 320) as u64), "{e}");
 }
+
+/// A live channel: `step` more bytes arrive whenever the merger asks what
+/// has arrived or reads past it (waiting), and the connection never closes
+/// (a read at the end would wait forever, so it panics).
+struct Live {
+    bytes: Vec<u8>,
+    pos: usize,
+    arrived: usize,
+    step: usize,
+}
+
+impl std::io::Read for Live {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        assert!(
+            self.pos < self.bytes.len(),
+            "read past the channel's last byte: would wait for a close QEMU sends only later"
+        );
+        if self.pos == self.arrived {
+            self.arrived = (self.arrived + self.step).min(self.bytes.len()); // waited
+        }
+        let n = (self.arrived - self.pos).min(buf.len());
+        buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl vmstream_qemu::multifd::Arrived for Live {
+    fn arrived(&mut self) -> usize {
+        self.arrived = (self.arrived + self.step).min(self.bytes.len());
+        self.arrived - self.pos
+    }
+}
+
+/// Records the order of events: `P<channel>` for a packet, `F` for a
+/// MULTIFD_FLUSH record, `E` for a section end.
+#[derive(Default)]
+struct Order {
+    image: Image,
+    seen: Vec<String>,
+}
+
+impl Sink for Order {
+    fn event(&mut self, ev: &Event<'_>) -> vmstream::Result<()> {
+        match ev {
+            Event::MultifdPacket { channel, packet } => {
+                self.seen.push(format!("P{channel}.{}", packet.packet_num))
+            }
+            Event::RamRecord { header: 0x200, .. } => self.seen.push("F".into()),
+            Event::SectionEnd { .. } => self.seen.push("E".into()),
+            _ => {}
+        }
+        self.image.event(ev)
+    }
+}
+
+#[test]
+fn a_live_channel_set_hands_packets_on_as_they_arrive_and_never_waits_for_a_close() {
+    let (a, b) = (page(0xa), page(0xb));
+    let mut c0 = init(0);
+    c0.extend(packet(1, 0, &[], &[], 0, &[]));
+    c0.extend(packet(0, 2, &[0x1000], &[0x2000], 0, &b));
+    c0.extend(packet(1, 3, &[], &[], 0, &[]));
+    let mut c1 = init(1);
+    c1.extend(packet(
+        1,
+        1,
+        &[0x1000, 0x2000],
+        &[],
+        0,
+        &[a.clone(), a].concat(),
+    ));
+    c1.extend(packet(1, 4, &[], &[], 0, &[]));
+    for flush in [true, false] {
+        let main = main_channel(flush);
+        let mut file = Image::default();
+        let opts = ConvertOptions::default();
+        read_channel_set(&main[..], vec![&c0[..], &c1[..]], &mut file, &opts).unwrap();
+        for step in [1, 100, 5000, 1 << 20] {
+            let live = |c: &Vec<u8>| Live {
+                bytes: c.clone(),
+                pos: 0,
+                arrived: 0,
+                step,
+            };
+            let mut order = Order::default();
+            vmstream_qemu::read_live_channel_set(
+                &main[..],
+                vec![live(&c1), live(&c0)],
+                &mut order,
+                &opts,
+            )
+            .unwrap();
+            assert!(
+                order.image.blocks == file.blocks,
+                "flush {flush}, step {step}: memory differs from the file merger's"
+            );
+            let at = |what: &str| order.seen.iter().position(|s| s == what).unwrap();
+            let sync = if flush { at("F") } else { at("E") };
+            // round 2's packet waits for round 1's sync point, whenever it arrived
+            assert!(at("P0.2") > sync, "step {step}: {:?}", order.seen);
+            if step == 1 << 20 {
+                // everything there at once: round 1's packets before the
+                // section's first event after the block list
+                assert!(at("P1.1") < sync, "{:?}", order.seen);
+            }
+        }
+    }
+}
