@@ -398,18 +398,14 @@ impl<C: Read> Sink for ChannelMerger<'_, C> {
     fn event(&mut self, ev: &Event<'_>) -> Result<()> {
         self.arrived()?;
         match ev {
-            Event::Configuration { raw, .. } => {
-                if let Some(bits) = crate::mapping::page_bits(raw) {
-                    if let Some(ps) = 1u64.checked_shl(bits) {
-                        if ps != self.page_size {
-                            for c in &mut self.channels {
-                                c.reader.set_page_size(ps)?;
-                                c.inflater = Inflater::new(c.init.id(), ps);
-                            }
-                            self.page_size = ps;
-                        }
-                    }
+            // the stream's page size (configuration, description or
+            // architecture), known before the first section
+            Event::Target { page_size, .. } if *page_size != self.page_size => {
+                for c in &mut self.channels {
+                    c.reader.set_page_size(*page_size)?;
+                    c.inflater = Inflater::new(c.init.id(), *page_size);
                 }
+                self.page_size = *page_size;
             }
             Event::Section { kind, id, header } => {
                 if let Some(h) = header {

@@ -23,12 +23,19 @@ use vmstream_qemu::{
 struct Image {
     blocks: Vec<(String, Vec<u8>)>,
     signs: MultifdSigns,
+    page_size: usize,
 }
 
 impl Sink for Image {
     fn event(&mut self, ev: &Event<'_>) -> vmstream::Result<()> {
-        self.signs.observe(ev, 4096);
+        let ps = if self.page_size == 0 {
+            PS
+        } else {
+            self.page_size
+        };
+        self.signs.observe(ev, ps as u64);
         match ev {
+            Event::Target { page_size, .. } => self.page_size = *page_size as usize,
             Event::RamBlocks { blocks, .. } => {
                 self.blocks = blocks
                     .iter()
@@ -37,10 +44,10 @@ impl Sink for Image {
             }
             Event::Page { block, index, data } => {
                 let mem = &mut self.blocks[*block as usize].1;
-                let at = *index as usize * 4096;
+                let at = *index as usize * ps;
                 match data {
-                    Some(d) => mem[at..at + 4096].copy_from_slice(d),
-                    None => mem[at..at + 4096].fill(0),
+                    Some(d) => mem[at..at + ps].copy_from_slice(d),
+                    None => mem[at..at + ps].fill(0),
                 }
             }
             _ => {}
@@ -177,11 +184,25 @@ fn packet(
     next: u32,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut h = vec![0u8; HDR];
+    packet_of(PS, flags, num, normal, zero, next, payload)
+}
+
+/// [`packet`] for target page size `ps`.
+fn packet_of(
+    ps: usize,
+    flags: u32,
+    num: u64,
+    normal: &[u64],
+    zero: &[u64],
+    next: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let slots = 524_288 / ps;
+    let mut h = vec![0u8; 320 + 8 * slots];
     h[..4].copy_from_slice(&0x1122_3344u32.to_be_bytes());
     h[4..8].copy_from_slice(&1u32.to_be_bytes());
     h[8..12].copy_from_slice(&flags.to_be_bytes());
-    h[12..16].copy_from_slice(&128u32.to_be_bytes());
+    h[12..16].copy_from_slice(&(slots as u32).to_be_bytes());
     h[16..20].copy_from_slice(&(normal.len() as u32).to_be_bytes());
     h[20..24].copy_from_slice(&next.to_be_bytes());
     h[24..32].copy_from_slice(&num.to_be_bytes());
@@ -429,6 +450,11 @@ fn compressed_packets_inflate_through_one_stream_per_channel() {
 /// sections, each with a MULTIFD_FLUSH record (`flush`) or without (the
 /// section ends are then the sync points).
 fn main_channel(flush: bool) -> Vec<u8> {
+    main_channel_of(flush, 4096)
+}
+
+/// [`main_channel`] with pages of `ps` bytes.
+fn main_channel_of(flush: bool, ps: u64) -> Vec<u8> {
     let mut m = b"QEVM\0\0\0\x03".to_vec();
     m.push(0x01);
     m.extend(1u32.to_be_bytes());
@@ -436,10 +462,10 @@ fn main_channel(flush: bool) -> Vec<u8> {
     m.extend(b"ram");
     m.extend(0u32.to_be_bytes());
     m.extend(4u32.to_be_bytes());
-    m.extend(((16 * 4096u64) | 0x04).to_be_bytes());
+    m.extend(((16 * ps) | 0x04).to_be_bytes());
     m.push(6);
     m.extend(b"pc.ram");
-    m.extend((16 * 4096u64).to_be_bytes());
+    m.extend((16 * ps).to_be_bytes());
     if flush {
         m.extend(0x200u64.to_be_bytes());
     }
@@ -645,4 +671,40 @@ fn a_live_channel_set_hands_packets_on_as_they_arrive_and_never_waits_for_a_clos
             }
         }
     }
+}
+
+#[test]
+fn a_channel_set_takes_the_streams_page_size() {
+    // Alpha's 8 KiB target pages: packet headers of 320 + 8 x 64 bytes, and
+    // pages of 8 KiB in them, whether the merger reads captures or live channels.
+    let ps = 8192;
+    let data: Vec<u8> = (0..ps).map(|i| (i % 251) as u8).collect();
+    let mut c0 = init(0);
+    c0.extend(packet_of(ps, 0, 0, &[ps as u64], &[], 0, &data));
+    c0.extend(packet_of(ps, 1, 1, &[], &[], 0, &[]));
+    c0.extend(packet_of(ps, 1, 2, &[], &[], 0, &[]));
+    let main = main_channel_of(true, ps as u64);
+    let opts = ConvertOptions {
+        arch: Some(vmstream::Arch::Alpha),
+        ..ConvertOptions::default()
+    };
+    let (vms, summary, _) =
+        channel_set_to_vmstream(&main[..], vec![&c0[..]], Vec::new(), &opts).unwrap();
+    assert_eq!(summary.page_size, ps as u64);
+    let outs: Outputs = Rc::default();
+    let (back, _) = vmstream_to_qemu_channels(&vms[..], Vec::new(), opener(&outs), &opts).unwrap();
+    assert!(
+        back == main && outs.borrow()[&0] == c0,
+        "the set differs after the round trip"
+    );
+    let mut order = Order::default();
+    let live = Live {
+        bytes: c0.clone(),
+        pos: 0,
+        arrived: 0,
+        step: 1000,
+    };
+    vmstream_qemu::read_live_channel_set(&main[..], vec![live], &mut order, &opts).unwrap();
+    assert_eq!(order.seen.iter().filter(|s| s.starts_with('P')).count(), 3);
+    assert!(order.image.blocks[0].1[ps..2 * ps] == data[..]);
 }
