@@ -43,6 +43,8 @@ struct Shared {
     held: usize,
     cap: usize,
     names: Vec<String>,
+    /// Over the cap: every read fails with this from then on.
+    failed: Option<String>,
 }
 
 impl Shared {
@@ -55,11 +57,13 @@ impl Shared {
                 self.held += b.len();
                 q.chunks.push_back(b);
                 if self.held > self.cap {
-                    return Err(io::Error::other(format!(
+                    let why = format!(
                         "{} is more than {} MiB ahead of the conversion (a multifd channel far ahead of the main channel)",
                         self.names[i],
                         self.cap >> 20
-                    )));
+                    );
+                    self.failed = Some(why.clone());
+                    return Err(io::Error::other(why));
                 }
             }
             Err(e) => q.ended = Some(Err(e)),
@@ -130,6 +134,7 @@ pub(crate) fn ports(
         held: 0,
         cap,
         names,
+        failed: None,
     }));
     Ok((0..n)
         .map(|index| Port {
@@ -144,6 +149,9 @@ impl Read for Port {
         let mut s = self.shared.borrow_mut();
         loop {
             let s = &mut *s;
+            if let Some(why) = &s.failed {
+                return Err(io::Error::other(why.clone()));
+            }
             let q = &mut s.queues[self.index];
             if let Some(first) = q.chunks.front() {
                 let n = (first.len() - q.at).min(buf.len());
@@ -169,7 +177,7 @@ impl Read for Port {
 impl Arrived for Port {
     fn arrived(&mut self) -> usize {
         let mut s = self.shared.borrow_mut();
-        if s.take_ready().is_err() {
+        if s.take_ready().is_err() || s.failed.is_some() {
             // over the cap: the next read says so
             return usize::MAX;
         }
@@ -246,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn bytes_beyond_the_cap_fail_the_read_that_takes_them() {
+    fn bytes_beyond_the_cap_fail_every_later_read() {
         let (main_tx, main_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let mut p = ports(
             vec![
@@ -256,12 +264,25 @@ mod tests {
             1000,
         )
         .unwrap();
-        let mut main = p.remove(0);
-        let e = main.read(&mut [0u8; 8]).unwrap_err();
-        assert!(
-            e.to_string().contains("multifd channel 0 is more than"),
-            "{e}"
-        );
+        let mut chan = p.pop().unwrap();
+        let mut main = p.pop().unwrap();
+        // the channel's port takes the bytes over the cap: its read fails,
+        // and so does every read after it, on any port
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while chan.arrived() != usize::MAX {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the bytes never arrived"
+            );
+            std::thread::yield_now();
+        }
+        for port in [&mut chan, &mut main] {
+            let e = port.read(&mut [0u8; 8]).unwrap_err();
+            assert!(
+                e.to_string().contains("multifd channel 0 is more than"),
+                "{e}"
+            );
+        }
         drop(main_tx);
     }
 }
