@@ -20,7 +20,8 @@ an am53c974 and the esp rules, which QEMU alone cannot do; QEMU's return path
 with 1 data channel and 10.0 with 3 and TLS; QEMU multifd as input (10.0 with 2
 channels, 10.0 with 3 zstd channels and the return path, 7.2 with 2), each of the
 source's connections read as it arrives and the destination fed as many. Then faults: each relay killed
-mid-way in turn (the receiving one with a return path open); the source QEMU
+mid-way in turn (the receiving one with a return path open, and with multifd), and
+the destination QEMU; the source QEMU
 must report `failed` and keep running, the destination QEMU must not run.
 
 Exits 0 on success, 1 on failure; skips (exit 0 with a note) without QEMU.
@@ -276,7 +277,7 @@ def run_kill(c, which):
     c.migrate(max_bandwidth=16 << 20)
     wait_for(lambda: (c.sqmp.cmd("query-migrate").get("ram") or {}).get("transferred", 0) > 8 << 20,
              "the migration to get under way", timeout=60)
-    victim = c.send if which == "send" else c.recv
+    victim = {"send": c.send, "receive": c.recv, "destination": c.dproc}[which]
     victim.send_signal(signal.SIGKILL)
     deadline = time.monotonic() + 60
     while True:
@@ -289,19 +290,20 @@ def run_kill(c, which):
     status = c.sqmp.cmd("query-status")["status"]
     if status != "running":
         raise RuntimeError(f"the source QEMU is {status} after a failed migration, expected running")
-    other = c.recv if which == "send" else c.send
-    try:
-        rc = other.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"the other relay did not exit\n{c.logs()}")
-    if rc == 0:
-        raise RuntimeError(f"the other relay exited 0 after the {which} relay died\n{c.logs()}")
+    others = {"send": [c.recv], "receive": [c.send], "destination": [c.send, c.recv]}[which]
+    for other in others:
+        try:
+            rc = other.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"a relay did not exit after the {which} died\n{c.logs()}")
+        if rc == 0:
+            raise RuntimeError(f"a relay exited 0 after the {which} died\n{c.logs()}")
     # The destination QEMU exits on a failed incoming migration, or stays inmigrate.
     if c.dproc.poll() is None:
         dst = c.dqmp.cmd("query-status")["status"]
         if dst == "running":
             raise RuntimeError("the destination QEMU runs a partial VM")
-    with open(c.path("send.log" if which == "receive" else "recv.log")) as f:
+    with open(c.path("send.log" if which != "send" else "recv.log")) as f:
         line = f.read().strip().splitlines()[-1:]
     return f"source {st}, running; other relay exit {rc}: {line[0] if line else ''}"
 
@@ -340,6 +342,8 @@ def main():
             ("kill-send", lambda: guarded(Case(vmstream, tmp, "d", "7.2", "7.2", 2), run_kill, "send")),
             ("kill-receive-10.0-multifd", lambda: guarded(Case(vmstream, tmp, "k", "10.0", "10.0", 2, multifd=2),
                                                      run_kill, "receive")),
+            ("kill-destination-qemu", lambda: guarded(Case(vmstream, tmp, "l", "7.2", "7.2", 2), run_kill,
+                                                      "destination")),
             ("kill-receive-return-path", lambda: guarded(Case(vmstream, tmp, "e", "7.2", "7.2", 2, return_path=True),
                                                          run_kill, "receive")),
         ]

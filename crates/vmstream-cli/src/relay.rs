@@ -241,7 +241,7 @@ fn relay_out(
     let input = Counted(input, received.clone());
     let at = |e: vmstream::Error| {
         anyhow!(
-            "the source QEMU's stream, at byte {}: {e}",
+            "at byte {} of the source QEMU's stream: {e}",
             received.load(Ordering::Relaxed)
         )
     };

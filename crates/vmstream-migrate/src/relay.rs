@@ -283,24 +283,30 @@ impl Splitter {
 impl Write for Splitter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         if let Some(r) = self.record.as_mut() {
-            r.write_all(bytes)?;
+            r.write_all(bytes)
+                .map_err(|e| io::Error::new(e.kind(), format!("writing the recording: {e}")))?;
         }
         if self.buf.is_empty() {
             // Whole records route straight from the writer's buffer; only a
             // record cut at the end waits for the next write.
             let mut at = 0;
-            self.route_from(bytes, &mut at).map_err(io::Error::other)?;
+            self.route_from(bytes, &mut at).map_err(sending)?;
             self.buf.extend_from_slice(&bytes[at..]);
         } else {
             self.buf.extend_from_slice(bytes);
-            self.route().map_err(io::Error::other)?;
+            self.route().map_err(sending)?;
         }
         Ok(bytes.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.send_main().map_err(io::Error::other)
+        self.send_main().map_err(sending)
     }
+}
+
+/// An error of the channels to the receiving relay, saying so.
+fn sending(e: Error) -> io::Error {
+    io::Error::other(format!("sending to the receiving relay: {e}"))
 }
 
 /// What a data channel's reader hands the merger: a record, or why none.
