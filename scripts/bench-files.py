@@ -16,11 +16,13 @@ Then times, as medians of R runs (default 5), whole processes, wall clock:
   2. memcpy: one 1 GiB copy between two buffers already touched, with Python's
      bytearray slice assignment (CPython calls memcpy), in this process; then
      `verify`, `inspect` and `extract` of big.vms (in the page cache) and of big.mig;
-     ratio = the command's bytes per second / memcpy's. Also `convert big.mig
+     ratio = the command's bytes per second / memcpy's (`extract` writes the RAM to a
+     new file, so its time is also set beside `cat file -> file`). Also `convert big.mig
      /dev/null`, which every command reading big.mig should keep up with.
   3. pipes: `cat big.mig | vmstream convert - - | cat >/dev/null` (QEMU -> vmstream)
      and `cat big.vms | vmstream convert - - --to qemu | cat >/dev/null`, in GB/s
-     (goal >= 2 each way).
+     (goal >= 2 each way), beside `cat big.mig | cat | cat >/dev/null`, the same
+     three processes with nothing to do but copy (the machine's limit for it).
   4. peak RSS (/usr/bin/time -f %M) of every vmstream run above; goal <= 64 MiB.
   5. `vmstream dump --json many.mig` against QEMU's `analyze-migration.py -d state`
      (scripts/fetch-analyze-migration.sh), ratio = its time / dump's (goal >= 30).
@@ -185,13 +187,18 @@ def main():
             t = median(lambda: run(args), n, fresh)
             rm()
             extra = f"   vs convert -> /dev/null {t_null / t:5.2f}x" if name == "qemu" else ""
+            if cmd == "extract":
+                # it writes the guest's RAM into a new file: cat file -> file bounds it too
+                extra += f"   vs cat file->file {t_cat / t:5.2f}x"
             print(f"{cmd:8} {name:8} file {t:7.3f} s  {length / t / 1e9:5.2f} GB/s  "
                   f"ratio to memcpy {length / t / mem_bps:5.2f} (goal >= 1.0){extra}")
     # 3. pipes, each way
     t_in = median(lambda: pipe(big, []), n, warm)
     t_out = median(lambda: pipe(vms, ["--to", "qemu"]), n, warm)
+    t_cats = median(lambda: run(f'cat "{big}" | cat | cat >/dev/null', rss=False, shell=True), n, warm)
     print(f"pipe QEMU -> vmstream {size / t_in / 1e9:5.2f} GB/s, vmstream -> QEMU {size / t_out / 1e9:5.2f} GB/s "
-          f"(goal >= 2 each way)")
+          f"(goal >= 2 each way); the same pipeline with cat in the middle {size / t_cats / 1e9:5.2f} GB/s, "
+          f"ratios {t_cats / t_in:4.2f} and {t_cats / t_out:4.2f}")
     # 5. dump --json against analyze-migration.py -d state
     t_dump = median(lambda: run([VMSTREAM, "dump", "--json", many]), n)
     t_an = median(lambda: run(["python3", analyze, "-d", "state", "-f", many], rss=False), n)

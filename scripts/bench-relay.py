@@ -10,7 +10,8 @@ migrates to a second QEMU 7.2, timed from `migrate` until the destination's
   (b) through `vmstream relay send` and `receive` over loopback, 1 data channel;
   (c) the same with 2 data channels;
 beside one plain loopback TCP stream of the same bytes, in the same run.
-Prints medians and the ratios (goals: b <= 1.15x a; c faster than a).
+The runs of (a), (b) and (c) take turns. Prints medians, the spread, and the ratios
+(goals: b <= 1.15x a; c faster than a).
 """
 
 import argparse
@@ -102,11 +103,19 @@ def main():
                 f.write(os.urandom(1 << 20))
         lo = statistics.median(bench_migrate.loopback(nbytes) for _ in range(a.runs))
         print(f"  plain loopback stream            {lo:7.3f} s")
+        # interleaved (a, b, c, a, b, c, ...), so that the machine's drift
+        # over the run weighs on each alike
+        cases = (("(a) QEMU direct", None), ("(b) via relays, 1 data channel", 1),
+                 ("(c) via relays, 2 data channels", 2))
+        runs = {ch: [] for _, ch in cases}
+        for _ in range(a.runs):
+            for _, ch in cases:
+                runs[ch].append(run(tmp, blob, a.gib, ch))
         times = {}
-        for name, ch in (("(a) QEMU direct", None), ("(b) via relays, 1 data channel", 1),
-                         ("(c) via relays, 2 data channels", 2)):
-            times[ch] = statistics.median(run(tmp, blob, a.gib, ch) for _ in range(a.runs))
-            print(f"  {name:32} {times[ch]:7.3f} s  {nbytes / times[ch] / 1e9:5.2f} GB/s")
+        for name, ch in cases:
+            times[ch] = statistics.median(runs[ch])
+            print(f"  {name:32} {times[ch]:7.3f} s  {nbytes / times[ch] / 1e9:5.2f} GB/s   "
+                  f"(runs {min(runs[ch]):.3f} to {max(runs[ch]):.3f} s)")
         print(f"  (b) / (a) time: {times[1] / times[None]:.2f}x (goal <= 1.15x)")
         print(f"  (c) / (a) time: {times[2] / times[None]:.2f}x (goal < 1.0x)")
 

@@ -8,6 +8,7 @@
 
 mod aligned;
 mod args;
+mod behind;
 mod compat;
 mod convert;
 mod decode;
