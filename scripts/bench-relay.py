@@ -10,8 +10,9 @@ migrates to a second QEMU 7.2, timed from `migrate` until the destination's
   (b) through `vmstream relay send` and `receive` over loopback, 1 data channel;
   (c) the same with 2 data channels;
 beside one plain loopback TCP stream of the same bytes, in the same run.
-The runs of (a), (b) and (c) take turns. Prints medians, the spread, and the ratios
-(goals: b <= 1.15x a; c faster than a).
+The runs of (a), (b) and (c) take turns. Prints medians, the spread, the CPU time
+the two QEMUs and the two relays took (from /proc) and how many cores that kept
+busy, and the ratios (goals: b <= 1.15x a; c faster than a).
 """
 
 import argparse
@@ -29,6 +30,16 @@ from importlib import import_module  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VMSTREAM = os.path.join(ROOT, "target", "release", "vmstream")
 bench_migrate = import_module("bench-migrate")
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system) of a process so far, from /proc; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def run(tmp, blob, gib, channels):
@@ -62,6 +73,8 @@ def run(tmp, blob, gib, channels):
                     raise RuntimeError("the sending relay did not listen")
                 time.sleep(0.005)
             uri = f"unix:{src_mig}"
+        procs = [ps, pd] + relays
+        cpu0 = [cpu_seconds(p.pid) for p in procs]
         t = time.perf_counter()
         qs.cmd("migrate", uri=uri)
         while True:
@@ -72,10 +85,12 @@ def run(tmp, blob, gib, channels):
                 raise RuntimeError("migration failed")
             time.sleep(0.005)
         took = time.perf_counter() - t
+        # at the migration's end: the relays exit right after
+        cpu = [cpu_seconds(p.pid) - c0 for p, c0 in zip(procs, cpu0)]
         for r in relays:
             if r.wait(timeout=60) != 0:
                 raise RuntimeError("a relay failed")
-        return took
+        return took, sum(cpu[:2]), sum(cpu[2:])
     finally:
         for r in relays:
             if r.poll() is None:
@@ -108,14 +123,20 @@ def main():
         cases = (("(a) QEMU direct", None), ("(b) via relays, 1 data channel", 1),
                  ("(c) via relays, 2 data channels", 2))
         runs = {ch: [] for _, ch in cases}
+        cpus = {ch: [] for _, ch in cases}
         for _ in range(a.runs):
             for _, ch in cases:
-                runs[ch].append(run(tmp, blob, a.gib, ch))
+                took, qemu_cpu, relay_cpu = run(tmp, blob, a.gib, ch)
+                runs[ch].append(took)
+                cpus[ch].append((qemu_cpu, relay_cpu))
         times = {}
         for name, ch in cases:
             times[ch] = statistics.median(runs[ch])
+            q = statistics.median(c[0] for c in cpus[ch])
+            r = statistics.median(c[1] for c in cpus[ch])
             print(f"  {name:32} {times[ch]:7.3f} s  {nbytes / times[ch] / 1e9:5.2f} GB/s   "
-                  f"(runs {min(runs[ch]):.3f} to {max(runs[ch]):.3f} s)")
+                  f"(runs {min(runs[ch]):.3f} to {max(runs[ch]):.3f} s; CPU: QEMUs {q:.2f} s, relays {r:.2f} s, "
+                  f"{(q + r) / times[ch]:.2f} of the {os.cpu_count()} cores busy)")
         print(f"  (b) / (a) time: {times[1] / times[None]:.2f}x (goal <= 1.15x)")
         print(f"  (c) / (a) time: {times[2] / times[None]:.2f}x (goal < 1.0x)")
 

@@ -1,8 +1,6 @@
 //! `vmstream convert`: QEMU <-> vmstream, in files or pipes.
 
 use std::io::{BufWriter, Write};
-
-use crate::behind::WriteBehind;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -52,8 +50,8 @@ pub(crate) fn convert(args: &ConvertArgs, opts: &Opts) -> Result<ExitCode> {
     let special = std::fs::metadata(&args.output).is_ok_and(|m| !m.is_file());
     // A regular file is written through a seekable writer, so the holes of a
     // mapped-ram stream stay holes; anything else as a stream.
-    let out: Result<std::fs::File, Box<dyn Write + Send>> = if args.output.as_os_str() == "-" {
-        Err(Box::new(std::io::stdout()))
+    let out: Result<std::fs::File, Box<dyn Write>> = if args.output.as_os_str() == "-" {
+        Err(Box::new(std::io::stdout().lock()))
     } else if special {
         Err(Box::new(
             std::fs::OpenOptions::new()
@@ -81,15 +79,14 @@ pub(crate) fn convert(args: &ConvertArgs, opts: &Opts) -> Result<ExitCode> {
     let context = || what.to_string();
     let summary = match (target, out) {
         (Target::Vmstream, out) => {
-            let out: Box<dyn Write + Send> = match out {
+            let out: Box<dyn Write> = match out {
                 Ok(f) => Box::new(f),
                 Err(w) => w,
             };
-            // written behind the conversion, by a thread of its own
-            let mut sink =
-                VmstreamSink::new(WriteBehind::new(out)?, writer).with_page_size(ps as u32);
+            let mut sink = VmstreamSink::new(BufWriter::with_capacity(1 << 20, out), writer)
+                .with_page_size(ps as u32);
             let summary = events.run(&mut sink).with_context(context)?;
-            sink.finish().with_context(context)?.finish()?;
+            sink.finish().with_context(context)?.flush()?;
             summary
         }
         (Target::Qemu, Ok(f)) => {
@@ -100,10 +97,10 @@ pub(crate) fn convert(args: &ConvertArgs, opts: &Opts) -> Result<ExitCode> {
             summary
         }
         (Target::Qemu, Err(w)) => {
-            let mut sink = QemuWriter::new(WriteBehind::new(w)?, ps)
+            let mut sink = QemuWriter::new(BufWriter::with_capacity(1 << 20, w), ps)
                 .with_channels(channel_outputs(&args.output));
             let summary = events.run(&mut sink).with_context(context)?;
-            sink.finish().with_context(context)?.finish()?;
+            sink.finish().with_context(context)?.flush()?;
             summary
         }
     };

@@ -8,7 +8,6 @@
 
 mod aligned;
 mod args;
-mod behind;
 mod compat;
 mod convert;
 mod decode;
