@@ -167,10 +167,20 @@ impl Error {
 
     /// Sets the record index and kind unless already known.
     pub fn in_record(mut self, index: u64, kind: &'static str) -> Error {
+        self = self.at_record(index);
+        let loc = &mut self.inner.location;
+        if loc.record == Some(index) && loc.record_kind.is_none() {
+            loc.record_kind = Some(kind);
+        }
+        self
+    }
+
+    /// Sets the record index (its kind not known yet: a record whose header
+    /// did not parse) unless a record is already named.
+    pub fn at_record(mut self, index: u64) -> Error {
         let loc = &mut self.inner.location;
         if loc.record.is_none() {
             loc.record = Some(index);
-            loc.record_kind = Some(kind);
         }
         self
     }

@@ -292,7 +292,7 @@ impl StreamState {
     fn record_header(&self, hdr: &[u8; RECORD_HEADER_LEN]) -> Result<(RecordKind, u16, usize)> {
         let kind = RecordKind(u16::from_le_bytes([hdr[0], hdr[1]]));
         let max = self.limits.max_body(kind, self.header.page_size);
-        parse_record_header(hdr, self.offset, max).map_err(|e| e.in_record(self.records, "?"))
+        parse_record_header(hdr, self.offset, max).map_err(|e| e.at_record(self.records))
     }
 
     /// Parses one framed record (header + padded body + CRC) that starts at the
@@ -622,7 +622,7 @@ impl<'a> SliceReader<'a> {
             self.poisoned = true;
             return Err(Error::malformed("stream ends without an end record")
                 .at_offset(at as u64)
-                .in_record(self.state.records, "?"));
+                .at_record(self.state.records));
         }
         match self.state.parse(rest) {
             Ok(item) => Ok(Some(item)),
@@ -709,16 +709,16 @@ impl<R: Read> StreamReader<R> {
         let index = self.state.records;
         let mut hdr = [0u8; RECORD_HEADER_LEN];
         let n = read_full(&mut self.inner, &mut hdr)
-            .map_err(|e| e.at_offset(offset).in_record(index, "?"))?;
+            .map_err(|e| e.at_offset(offset).at_record(index))?;
         if n == 0 {
             return Err(Error::malformed("stream ends without an end record")
                 .at_offset(offset)
-                .in_record(index, "?"));
+                .at_record(index));
         }
         if n < hdr.len() {
             return Err(Error::truncated("record header", RECORD_HEADER_LEN, n)
                 .at_offset(offset)
-                .in_record(index, "?"));
+                .at_record(index));
         }
         let (kind, _, len) = self.state.record_header(&hdr)?;
         let total = framed_len(len);
