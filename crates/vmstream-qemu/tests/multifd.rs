@@ -480,10 +480,10 @@ fn main_channel_of(flush: bool, ps: u64) -> Vec<u8> {
     m
 }
 
-#[test]
-fn a_channel_set_merges_round_by_round() {
-    // round 1: channel 1 sends page 1 = A; round 2: channel 0 sends page 1 = B
-    // and a zero page 2. In stream order page 1 must end as B.
+/// Two channels, two rounds: round 1, channel 1 sends pages 1 and 2 = A;
+/// round 2, channel 0 sends page 1 = B and a zero page 2. In stream order
+/// page 1 must end as B and page 2 as zeros.
+fn two_rounds() -> (Vec<u8>, Vec<u8>) {
     let (a, b) = (page(0xa), page(0xb));
     let mut c0 = init(0);
     c0.extend(packet(1, 0, &[], &[], 0, &[]));
@@ -496,9 +496,16 @@ fn a_channel_set_merges_round_by_round() {
         &[0x1000, 0x2000],
         &[],
         0,
-        &[a.clone(), a.clone()].concat(),
+        &[a.clone(), a].concat(),
     ));
     c1.extend(packet(1, 4, &[], &[], 0, &[]));
+    (c0, c1)
+}
+
+#[test]
+fn a_channel_set_merges_round_by_round() {
+    let (c0, c1) = two_rounds();
+    let b = page(0xb);
     for flush in [true, false] {
         let main = main_channel(flush);
         // any order of the captures
@@ -621,21 +628,7 @@ impl Sink for Order {
 
 #[test]
 fn a_live_channel_set_hands_packets_on_as_they_arrive_and_never_waits_for_a_close() {
-    let (a, b) = (page(0xa), page(0xb));
-    let mut c0 = init(0);
-    c0.extend(packet(1, 0, &[], &[], 0, &[]));
-    c0.extend(packet(0, 2, &[0x1000], &[0x2000], 0, &b));
-    c0.extend(packet(1, 3, &[], &[], 0, &[]));
-    let mut c1 = init(1);
-    c1.extend(packet(
-        1,
-        1,
-        &[0x1000, 0x2000],
-        &[],
-        0,
-        &[a.clone(), a].concat(),
-    ));
-    c1.extend(packet(1, 4, &[], &[], 0, &[]));
+    let (c0, c1) = two_rounds();
     for flush in [true, false] {
         let main = main_channel(flush);
         let mut file = Image::default();
