@@ -42,6 +42,13 @@ def cpu_seconds(pid):
         return 0.0
 
 
+def listening(port):
+    """Whether a TCP socket listens on 127.0.0.1:port (from /proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        return any(line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == port
+                   for line in list(f)[1:])
+
+
 def run(tmp, blob, gib, channels):
     """Seconds for one migration; channels None = direct."""
     mem = (gib << 10) + 512
@@ -64,6 +71,12 @@ def run(tmp, blob, gib, channels):
             rport = bench_migrate.free_port()
             relays.append(subprocess.Popen([VMSTREAM, "relay", "receive", "--listen", f"tcp:127.0.0.1:{rport}",
                                             "--to", dst_uri]))
+            # the sending relay connects once QEMU has: the receiving one must listen by then
+            deadline = time.monotonic() + 30
+            while not listening(rport):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the receiving relay did not listen")
+                time.sleep(0.005)
             relays.append(subprocess.Popen([VMSTREAM, "relay", "send", "--from", f"unix:{src_mig}",
                                             "--to", f"tcp:127.0.0.1:{rport}",
                                             "--data-channels", str(channels)]))

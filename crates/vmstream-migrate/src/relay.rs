@@ -13,7 +13,7 @@
 use std::io::{self, BufReader, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use vmstream::{Limits, RecordKind};
@@ -32,6 +32,35 @@ const PAGES: u16 = 6;
 const OPTIONAL: u16 = 1;
 /// Chunks a channel's queue holds before its writer blocks.
 const QUEUE: usize = 64;
+/// Records a data channel's reader holds for the merger before it waits.
+const READ_AHEAD: usize = 8;
+
+/// Record buffers handed back once written or read, so that a relay does
+/// not allocate, fault in and zero a megabyte anew for every record.
+#[derive(Clone, Default)]
+struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Pool {
+    /// Buffers kept; beyond, they are freed.
+    const KEEP: usize = READ_AHEAD * 2;
+
+    /// A buffer, with whatever length and bytes it had.
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_default()
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if let Ok(mut v) = self.0.lock() {
+            if v.len() < Self::KEEP {
+                v.push(buf);
+            }
+        }
+    }
+}
 
 /// Bytes of a whole record whose 8-byte header says `body_len`.
 fn record_len(body_len: u32) -> usize {
@@ -60,11 +89,16 @@ struct ChannelWriter {
 }
 
 impl ChannelWriter {
-    fn spawn(name: String, link: Box<dyn Link>, counter: Arc<AtomicU64>) -> ChannelWriter {
+    fn spawn(
+        name: String,
+        link: Box<dyn Link>,
+        counter: Arc<AtomicU64>,
+        pool: Pool,
+    ) -> ChannelWriter {
         let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
         let thread = std::thread::Builder::new()
             .name(format!("relay-{name}"))
-            .spawn(move || write_loop(link, &rx, &counter))
+            .spawn(move || write_loop(link, &rx, &counter, &pool))
             .ok();
         ChannelWriter {
             tx: Some(tx),
@@ -98,6 +132,7 @@ fn write_loop(
     mut link: Box<dyn Link>,
     rx: &Receiver<Vec<u8>>,
     counter: &AtomicU64,
+    pool: &Pool,
 ) -> io::Result<Box<dyn Link>> {
     let mut pending = false;
     loop {
@@ -116,6 +151,7 @@ fn write_loop(
         };
         link.write_all(&chunk)?;
         counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        pool.give(chunk);
         pending = true;
     }
     link.flush()?;
@@ -143,6 +179,7 @@ pub struct Splitter {
     sent: Arc<AtomicU64>,
     /// Main-channel bytes gathered for the next send.
     out: Vec<u8>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for Splitter {
@@ -162,19 +199,24 @@ impl Splitter {
         record: Option<Box<dyn Write + Send>>,
         sent: Arc<AtomicU64>,
     ) -> Splitter {
+        let pool = Pool::default();
         Splitter {
             buf: Vec::new(),
             header_done: false,
-            main: ChannelWriter::spawn("main".into(), main, sent.clone()),
+            main: ChannelWriter::spawn("main".into(), main, sent.clone(), pool.clone()),
             data: data
                 .into_iter()
                 .enumerate()
-                .map(|(k, l)| ChannelWriter::spawn(format!("data channel {k}"), l, sent.clone()))
+                .map(|(k, l)| {
+                    let name = format!("data channel {k}");
+                    ChannelWriter::spawn(name, l, sent.clone(), pool.clone())
+                })
                 .collect(),
             next: 0,
             record,
             sent,
             out: Vec::new(),
+            pool,
         }
     }
 
@@ -185,7 +227,9 @@ impl Splitter {
 
     fn send_main(&mut self) -> Result<(), Error> {
         if !self.out.is_empty() {
-            let chunk = std::mem::take(&mut self.out);
+            let mut next = self.pool.take();
+            next.clear();
+            let chunk = std::mem::replace(&mut self.out, next);
             self.main.send(chunk)?;
         }
         Ok(())
@@ -231,7 +275,11 @@ impl Splitter {
                 // The marker goes first, so the merger is never left waiting
                 // on a data channel for a record whose marker is still here.
                 self.send_main()?;
-                self.data[k].send(rest[..len].to_vec())?;
+                let mut rec = self.pool.take();
+                rec.clear();
+                rec.reserve(len.next_power_of_two());
+                rec.extend_from_slice(&rest[..len]);
+                self.data[k].send(rec)?;
             } else {
                 self.out.extend_from_slice(&rest[..len]);
                 if self.out.len() >= 1 << 20 {
@@ -313,9 +361,10 @@ fn sending(e: Error) -> io::Error {
 type Fetched = Result<Option<Vec<u8>>, Error>;
 
 /// Reads one whole record from `r`, whose body may be at most `max_body`
-/// bytes; `None` at a clean end of stream. The buffer grows as bytes arrive,
-/// so a record header that promises more than ever comes costs nothing.
-fn read_record<R: Read>(r: &mut R, max_body: u64, what: &str) -> Fetched {
+/// bytes, into a buffer of `pool`; `None` at a clean end of stream. The
+/// buffer grows as bytes arrive (a megabyte at a time), so a record header
+/// that promises more than ever comes costs nothing.
+fn read_record<R: Read>(r: &mut R, max_body: u64, what: &str, pool: &Pool) -> Fetched {
     let mut h = [0u8; 8];
     let mut got = 0;
     while got < 8 {
@@ -334,18 +383,35 @@ fn read_record<R: Read>(r: &mut R, max_body: u64, what: &str) -> Fetched {
         )));
     }
     let len = record_len(body);
-    let mut rec = Vec::with_capacity(len.min(1 << 20));
-    rec.extend_from_slice(&h);
-    let rest = (len - 8) as u64;
-    let got = r
-        .take(rest)
-        .read_to_end(&mut rec)
-        .map_err(|e| Error::transport(format!("{what}: {e}")))?;
-    if got as u64 != rest {
-        return Err(Error::peer(format!(
-            "{what}: ends inside a record ({got} of {rest} bytes)"
-        )));
+    // a pooled buffer keeps its length: only what it grows by is zeroed
+    let mut rec = pool.take();
+    if rec.len() < 8 {
+        rec.resize(8, 0);
     }
+    rec[..8].copy_from_slice(&h);
+    let mut got = 8;
+    while got < len {
+        let room = (got + (1 << 20)).min(len);
+        if rec.len() < room {
+            // to a power of two, so that a pooled buffer takes the next
+            // record of a similar size without moving
+            rec.reserve(room.next_power_of_two() - rec.len());
+            rec.resize(room, 0);
+        }
+        match r.read(&mut rec[got..room]) {
+            Ok(0) => {
+                return Err(Error::peer(format!(
+                    "{what}: ends inside a record ({} of {} bytes)",
+                    got - 8,
+                    len - 8
+                )))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::transport(format!("{what}: {e}"))),
+        }
+    }
+    rec.truncate(len);
     Ok(Some(rec))
 }
 
@@ -366,6 +432,7 @@ pub struct Merger {
     pending: Vec<u8>,
     at: usize,
     received: Arc<AtomicU64>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for Merger {
@@ -395,21 +462,23 @@ impl Merger {
             pending: Vec::new(),
             at: 0,
             received,
+            pool: Pool::default(),
         }
     }
 
     /// Starts reading ahead on every data channel.
     fn spawn_readers(&mut self) {
         for (k, mut link) in std::mem::take(&mut self.links).into_iter().enumerate() {
-            let (tx, rx) = sync_channel::<Fetched>(QUEUE);
+            let (tx, rx) = sync_channel::<Fetched>(READ_AHEAD);
             let received = self.received.clone();
             let max_body = self.max_body;
+            let pool = self.pool.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("relay-read-{k}"))
                 .spawn(move || {
                     let what = format!("data channel {k}");
                     loop {
-                        let r = read_record(&mut link, max_body, &what);
+                        let r = read_record(&mut link, max_body, &what, &pool);
                         let stop = !matches!(r, Ok(Some(_)));
                         if let Ok(Some(rec)) = &r {
                             received.fetch_add(rec.len() as u64, Ordering::Relaxed);
@@ -472,7 +541,7 @@ impl Merger {
             self.spawn_readers();
             return Ok(Some(h));
         }
-        let rec = read_record(&mut self.main, self.max_body, "main channel")?
+        let rec = read_record(&mut self.main, self.max_body, "main channel", &self.pool)?
             .ok_or_else(|| Error::peer("main channel: ends before the end record"))?;
         self.received.fetch_add(rec.len() as u64, Ordering::Relaxed);
         let kind = u16::from_le_bytes([rec[0], rec[1]]);
@@ -523,7 +592,8 @@ impl Read for Merger {
         while self.at == self.pending.len() {
             match self.next_unit().map_err(io::Error::other)? {
                 Some(unit) => {
-                    self.pending = unit;
+                    let done = std::mem::replace(&mut self.pending, unit);
+                    self.pool.give(done);
                     self.at = 0;
                 }
                 None => return Ok(0),
