@@ -4,7 +4,7 @@
 #
 #   scripts/test.sh            everything
 #   VMSTREAM_SKIP_QEMU=1 ...   skip the real-QEMU interop tests
-#   VMSTREAM_FUZZ_SECONDS=N    fuzz smoke run length per target (default 10)
+#   VMSTREAM_FUZZ_SECONDS=N    fuzz smoke run length per target (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +32,7 @@ VMSTREAM_BENCH_MIB=8 cargo bench --locked -p vmstream --bench pages -- --test
 
 if [[ -x scripts/fuzz-smoke.sh ]]; then
     step "fuzz smoke"
-    scripts/fuzz-smoke.sh "${VMSTREAM_FUZZ_SECONDS:-10}"
+    scripts/fuzz-smoke.sh "${VMSTREAM_FUZZ_SECONDS:-5}"
 fi
 
 if [[ "${VMSTREAM_SKIP_QEMU:-0}" != 1 ]]; then
