@@ -172,6 +172,32 @@ impl RamFiles {
         Ok(())
     }
 
+    /// Takes one record of a vmstream stream: RAM blocks, pages and QEMU RAM
+    /// records; refuses a main channel whose pages travel on multifd
+    /// channels as soon as its records say so (`signs`).
+    fn take(&mut self, record: &Record<'_>, signs: &mut vmstream_qemu::MultifdSigns) -> Result<()> {
+        signs.observe_record(record);
+        if signs.flush_records > 0 {
+            if let Some(why) = signs.pages_elsewhere() {
+                anyhow::bail!(elsewhere(&why));
+            }
+        }
+        match record {
+            Record::RamBlocks(blocks) => {
+                for b in blocks {
+                    self.add(b.clone())?;
+                }
+            }
+            Record::Pages(batch) => self.apply(batch)?,
+            Record::Other(raw) if raw.kind == vmstream_qemu::mapping::kinds::RAM_RECORD => {
+                self.apply_qemu(raw.body)
+                    .with_context(|| format!("record {} at offset {:#x}", raw.index, raw.offset))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Writes the pages gathered so far.
     fn flush(&mut self) -> Result<()> {
         Ok(self.image.flush()?)
@@ -546,38 +572,9 @@ fn stream_ram(
             let Some(ram) = ram.as_mut() else {
                 return Ok(());
             };
-            signs.observe_record(&item.record);
-            if signs.flush_records > 0 {
-                if let Some(why) = signs.pages_elsewhere() {
-                    anyhow::bail!(
-                        "the memory image is not in this stream alone: {why}; convert the channel set with --channel FILE"
-                    );
-                }
-            }
-            match item.record {
-                Record::RamBlocks(blocks) => {
-                    for b in blocks {
-                        ram.add(b)?;
-                    }
-                }
-                Record::Pages(batch) => ram.apply(&batch)?,
-                Record::Other(raw) if raw.kind == vmstream_qemu::mapping::kinds::RAM_RECORD => {
-                    ram.apply_qemu(raw.body).with_context(|| {
-                        format!("record {} at offset {:#x}", raw.index, raw.offset)
-                    })?;
-                }
-                _ => {}
-            }
-            Ok(())
+            ram.take(&item.record, &mut signs)
         })?;
-        // a converted QEMU 8.0-or-older main channel shows it only at its end
-        let framed = read.header.optional_features & vmstream::header::FEATURE_QEMU_FRAMING != 0;
-        if let (true, Some(why)) = (framed, signs.pages_elsewhere()) {
-            anyhow::bail!(
-                "{}: the memory image is not in this stream alone: {why}; convert the channel set with --channel FILE",
-                what()
-            );
-        }
+        pages_here(&read.header, &signs).with_context(what)?;
         let mut ram = ram.context("no records")?;
         ram.flush().with_context(what)?;
         return Ok(ram);
@@ -606,43 +603,29 @@ fn stream_ram(
             let mut ram = ram(r.header().page_size)?;
             let mut signs = vmstream_qemu::MultifdSigns::default();
             while let Some(item) = r.next().with_context(what)? {
-                signs.observe_record(&item.record);
-                if signs.flush_records > 0 {
-                    if let Some(why) = signs.pages_elsewhere() {
-                        anyhow::bail!(
-                            "{}: the memory image is not in this stream alone: {why}; convert the channel set with --channel FILE",
-                            what()
-                        );
-                    }
-                }
-                match item.record {
-                    Record::RamBlocks(blocks) => {
-                        for b in blocks {
-                            ram.add(b).with_context(what)?;
-                        }
-                    }
-                    Record::Pages(batch) => ram.apply(&batch)?,
-                    Record::Other(raw) if raw.kind == vmstream_qemu::mapping::kinds::RAM_RECORD => {
-                        ram.apply_qemu(raw.body).with_context(|| {
-                            format!("record {} at offset {:#x}", raw.index, raw.offset)
-                        })?;
-                    }
-                    _ => {}
-                }
+                ram.take(&item.record, &mut signs).with_context(what)?;
             }
-            // a converted QEMU 8.0-or-older main channel shows it only at its end
-            let framed = r.header().optional_features & vmstream::header::FEATURE_QEMU_FRAMING != 0;
-            if let (true, Some(why)) = (framed, signs.pages_elsewhere()) {
-                anyhow::bail!(
-                    "{}: the memory image is not in this stream alone: {why}; convert the channel set with --channel FILE",
-                    what()
-                );
-            }
+            pages_here(r.header(), &signs).with_context(what)?;
             ram
         }
     };
     ram.flush().with_context(what)?;
     Ok(ram)
+}
+
+/// Why a memory image cannot come from a main channel alone.
+fn elsewhere(why: &str) -> String {
+    format!("the memory image is not in this stream alone: {why}; convert the channel set with --channel FILE")
+}
+
+/// At a stream's end: a converted QEMU 8.0-or-older main channel shows only
+/// here that its pages travel on multifd channels.
+fn pages_here(header: &vmstream::Header, signs: &vmstream_qemu::MultifdSigns) -> Result<()> {
+    let framed = header.optional_features & vmstream::header::FEATURE_QEMU_FRAMING != 0;
+    match (framed, signs.pages_elsewhere()) {
+        (true, Some(why)) => anyhow::bail!(elsewhere(&why)),
+        _ => Ok(()),
+    }
 }
 
 /// `extract --range`: the range's final contents, as raw bytes, to a file or
