@@ -675,14 +675,7 @@ def load(a):
             set_caps(qmp, caps, a.multifd_channels)
             src = os.path.abspath(a.stream)
             qmp.cmd("migrate-incoming", uri=f"file:{src}" if mapped else "exec:cat " + shlex.quote(src))
-            deadline = time.monotonic() + 240
-            while True:
-                mig = qmp.cmd("query-migrate").get("status")
-                if mig == "completed":
-                    break
-                if mig == "failed" or time.monotonic() > deadline:
-                    raise RuntimeError(f"incoming migration {mig or 'did not start'}")
-                time.sleep(0.02)
+            wait_incoming(qmp)
             out = os.path.abspath(a.remigrate)
             qmp.cmd("migrate", uri=f"file:{out}" if mapped else "exec:cat > " + shlex.quote(out))
             qmp.wait_migration()
@@ -695,6 +688,18 @@ def load(a):
     return 0
 
 
+def wait_incoming(qmp, timeout=240):
+    """Waits until QEMU's incoming migration has completed; raises if it fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mig = qmp.cmd("query-migrate").get("status")
+        if mig == "completed":
+            return
+        if mig == "failed" or time.monotonic() > deadline:
+            raise RuntimeError(f"incoming migration {mig or 'did not start'}")
+        time.sleep(0.02)
+
+
 def load_channel_set(a, proc, qmp, tmp):
     """Loads a multifd channel set: multifd on with as many channels as given, the
     main channel and each channel capture replayed over a unix socket into
@@ -705,14 +710,7 @@ def load_channel_set(a, proc, qmp, tmp):
         sock = os.path.join(tmp, "incoming.sock")
         qmp.cmd("migrate-incoming", uri=f"unix:{sock}")
         threads, errors = replay(sock, os.path.abspath(a.stream), [os.path.abspath(c) for c in a.channel])
-        deadline = time.monotonic() + 240
-        while True:
-            mig = qmp.cmd("query-migrate").get("status")
-            if mig == "completed":
-                break
-            if mig == "failed" or time.monotonic() > deadline:
-                raise RuntimeError(f"incoming migration {mig or 'did not start'}")
-            time.sleep(0.02)
+        wait_incoming(qmp)
         for t in threads:
             t.join(60)
         if errors:
